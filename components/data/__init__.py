@@ -1,0 +1,1 @@
+"""Data stage: load, validate, split."""

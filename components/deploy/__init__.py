@@ -1,0 +1,1 @@
+"""Deploy stage: local endpoint processes (and, later, SageMaker)."""

@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics, report plots and the gate."""

@@ -1,0 +1,194 @@
+"""The model package: the one model format fineship writes, registers, serves and ships.
+
+A package is a directory holding the Hugging Face `save_pretrained` files (config, safetensors
+weights, tokenizer) plus `fineship.json` (label order, max length, padding side, format
+version). A plain Hugging Face classifier directory without `fineship.json` loads too, with
+labels from its config's `id2label`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.errors import ModelPackageError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_FILE = "fineship.json"
+FORMAT_VERSION = 1
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+class PackageMeta(BaseModel):
+    """Contents of `fineship.json`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    labels: list[str] = Field(description="Label names in logit order.")
+    max_length: int = 128
+    padding_side: str = "right"
+    text_preprocessing: str = "strip"
+    base_model: str | None = None
+    created_at: float = Field(default_factory=time.time)
+
+
+def resolve_device(preference: str = "auto") -> str:
+    """Pick 'cuda' when available (and allowed), else 'cpu'."""
+    import torch
+
+    if preference == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if preference == "cuda":
+        raise ModelPackageError("device 'cuda' was requested but no CUDA device is visible; use device: auto or cpu")
+    return "cpu"
+
+
+def check_package(path: str | Path) -> list[str]:
+    """Return what a package directory is missing (empty when complete)."""
+    p = Path(path)
+    if not p.is_dir():
+        return [f"directory {p} does not exist"]
+    missing = []
+    if not (p / "config.json").is_file():
+        missing.append("config.json (model config)")
+    if not any(p.glob("*.safetensors")):
+        missing.append("model weights as *.safetensors" + (" (found pickle weights: re-save with safetensors)"
+                                                          if any(p.glob("*.bin")) else ""))
+    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json or a vocabulary file)")
+    return missing
+
+
+def save_package(model: Any, tokenizer: Any, out_dir: str | Path, meta: PackageMeta) -> Path:
+    """Write `model`, `tokenizer` and `fineship.json` into `out_dir` (safetensors weights)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.id2label = dict(enumerate(meta.labels))
+    model.config.label2id = {label: i for i, label in enumerate(meta.labels)}
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / PACKAGE_FILE).write_text(meta.model_dump_json(indent=2), encoding="utf-8")
+    missing = check_package(out)
+    if missing:
+        raise ModelPackageError(f"package {out} was written incomplete: missing {', '.join(missing)}")
+    return out
+
+
+def read_meta(path: str | Path) -> PackageMeta:
+    """Read `fineship.json`, or derive it from a plain Hugging Face classifier's config."""
+    p = Path(path)
+    f = p / PACKAGE_FILE
+    if f.is_file():
+        meta = PackageMeta.model_validate_json(f.read_text(encoding="utf-8"))
+        if meta.format_version > FORMAT_VERSION:
+            raise ModelPackageError(
+                f"{f} has format version {meta.format_version}; this fineship reads up to {FORMAT_VERSION}: upgrade fineship"
+            )
+        return meta
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise ModelPackageError(f"{p} is not a model package: no {PACKAGE_FILE} and no config.json")
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    id2label = cfg.get("id2label") or {}
+    if not id2label:
+        raise ModelPackageError(f"{cfg_file} has no id2label; add the label names or write {PACKAGE_FILE}")
+    labels = [id2label[k] for k in sorted(id2label, key=int)]
+    max_length = min(int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 512), 512)
+    return PackageMeta(labels=labels, max_length=max_length, base_model=cfg.get("_name_or_path"))
+
+
+class Prediction(BaseModel):
+    """One text's prediction: the top label and the scores of the top-k labels."""
+
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class TextClassifier:
+    """A loaded model package: tokenizer + model + label map, ready to predict."""
+
+    def __init__(self, model: Any, tokenizer: Any, meta: PackageMeta, device: str = "cpu") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.device = device
+        self.labels = list(meta.labels)
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if self.meta.text_preprocessing == "strip":
+            return [t.strip() for t in texts]
+        return list(texts)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Raw logits, shape (len(texts), n_labels), computed in length-sorted batches."""
+        import torch
+
+        texts = self._prepare(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                idx = order[start:start + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.meta.max_length, return_tensors="pt").to(self.device)
+                out[idx] = self.model(**enc).logits.float().cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Softmax probabilities, shape (len(texts), n_labels)."""
+        z = self.logits(texts, batch_size)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 32) -> list[Prediction]:
+        """Top label and the top-k scores for each text (all labels when `top_k` is None)."""
+        probs = self.predict_proba(texts, batch_size)
+        k = len(self.labels) if top_k is None else max(1, min(top_k, len(self.labels)))
+        preds = []
+        for row in probs:
+            top = np.argsort(-row, kind="stable")[:k]
+            preds.append(Prediction(label=self.labels[top[0]], score=float(row[top[0]]),
+                                    scores={self.labels[i]: float(row[i]) for i in top}))
+        return preds
+
+
+def load_package(path: str | Path, device: str = "auto") -> TextClassifier:
+    """Load a package (or plain Hugging Face classifier directory) for inference."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    p = Path(path)
+    missing = check_package(p)
+    if missing:
+        raise ModelPackageError(f"model package {p} is incomplete: missing {', '.join(missing)}")
+    meta = read_meta(p)
+    dev = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(p)
+    tokenizer.padding_side = meta.padding_side
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelPackageError(f"the tokenizer in {p} has neither a pad nor an end-of-text token; set pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(p, use_safetensors=True)
+    if model.config.num_labels != len(meta.labels):
+        raise ModelPackageError(
+            f"{p}: the model has {model.config.num_labels} outputs but {PACKAGE_FILE} lists {len(meta.labels)} labels"
+        )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(dev).eval()
+    log.info("loaded model package %s on %s (%d labels)", p, dev, len(meta.labels))
+    return TextClassifier(model, tokenizer, meta, dev)

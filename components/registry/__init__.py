@@ -1,0 +1,1 @@
+"""Registry stage: MLflow behind a small interface."""

@@ -1,0 +1,206 @@
+"""MLflow tracking and model registry behind a small interface.
+
+Stateless: every call names the run or model version it works on, so tasks running in
+threads never depend on a process-wide "active run".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+COMPONENTS_DIR = Path(__file__).resolve().parents[1]
+MODEL_ARTIFACT = "model"
+
+
+class RegisteredVersion(BaseModel):
+    """A model version in the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    run_id: str | None
+    aliases: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    source: str = ""
+
+
+def local_tracking_uri(path: str | Path) -> str:
+    """An absolute `sqlite:///` URI for a SQLite file (the directory is created)."""
+    p = Path(path).resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
+
+
+class MlflowRegistry:
+    """Runs, metrics, artifacts and model versions in one MLflow tracking server or store."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str | Path | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- runs -----------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.artifact_root is not None:
+            location = (self.artifact_root / name).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags or {})
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_url(self, run_id: str, ui_base: str | None) -> str | None:
+        if not ui_base:
+            return None
+        run = self.client.get_run(run_id)
+        return f"{ui_base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, run_id: str, data: Any, name: str) -> None:
+        self.client.log_dict(run_id, data, name)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    # -- models ---------------------------------------------------------------------------
+    def log_and_register(self, run_id: str, package_dir: str | Path, name: str, input_example: list[str],
+                         pip_requirements: list[str], tags: dict[str, str], description: str = "",
+                         aliases: tuple[str, ...] = ()) -> RegisteredVersion:
+        """Log the package as a pyfunc model of the run and register it as a new version of `name`."""
+        import mlflow
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                                   outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]))
+        with tempfile.TemporaryDirectory() as tmp:
+            # Stage the package under a fixed name so the artifact layout never depends on our paths.
+            staged = Path(tmp) / "package"
+            shutil.copytree(package_dir, staged)
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={"package": str(staged)},
+                    code_paths=[str(COMPONENTS_DIR)], signature=signature,
+                    input_example=pd.DataFrame({"text": input_example}), pip_requirements=pip_requirements,
+                )
+        if not self._registered_model_exists(name):
+            self.client.create_registered_model(name, description="fineship text classifier")
+        mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
+                                              description=description or None)
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        log.info("registered %s version %s", name, mv.version)
+        return self.get_version(name, version=str(mv.version))
+
+    def _registered_model_exists(self, name: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+            return True
+        except MlflowException:
+            return False
+
+    def get_version(self, name: str, version: str | None = None, alias: str | None = None) -> RegisteredVersion:
+        """Resolve a version by number or alias; a clear error when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        if (version is None) == (alias is None):
+            raise RegistryError("give exactly one of a version number or an alias")
+        try:
+            mv = (self.client.get_model_version(name, version) if version is not None
+                  else self.client.get_model_version_by_alias(name, alias))
+        except MlflowException:
+            what = f"version {version}" if version is not None else f"alias '{alias}'"
+            raise RegistryError(
+                f"registered model '{name}' has no {what}; list versions in the MLflow UI or run `fineship run` first"
+            ) from None
+        return RegisteredVersion(name=name, version=str(mv.version), run_id=mv.run_id,
+                                 aliases=list(getattr(mv, "aliases", []) or []), tags=dict(mv.tags or {}),
+                                 source=mv.source)
+
+    def find_version(self, name: str, alias: str) -> RegisteredVersion | None:
+        """The version behind `alias`, or None when the model or alias does not exist."""
+        try:
+            return self.get_version(name, alias=alias)
+        except RegistryError:
+            return None
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, version, k, str(v)[:5000])
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def download_package(self, name: str, version: str, dst: str | Path) -> Path:
+        """Download a version's model package directory into `dst` and return its path."""
+        import mlflow
+
+        dst = Path(dst)
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+        mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+        rel = mlmodel["flavors"]["python_function"]["artifacts"]["package"]["path"]
+        pkg = root / rel
+        if not (pkg / "config.json").is_file():
+            raise RegistryError(f"{name} version {version} holds no model package at {rel}")
+        return pkg
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,1 @@
+"""Serving stage: the SageMaker-contract inference server and handler."""

@@ -1,0 +1,24 @@
+"""`python -m components.serving --model-dir DIR --port N`: the server without the CLI's imports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from components.serving.app import ServerOptions, serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fineship inference server (SageMaker contract)")
+    parser.add_argument("--model-dir", required=True, help="model package directory")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.model_dir, args.host, args.port, ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))
+
+
+if __name__ == "__main__":
+    main()

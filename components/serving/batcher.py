@@ -1,0 +1,90 @@
+"""Server-side dynamic micro-batching: requests that arrive together share one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The batcher's queue is at capacity; the server answers 503."""
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Collect texts from concurrent requests for up to `max_wait_ms` or `max_batch` texts, run once."""
+
+    def __init__(self, predict: Callable[[Sequence[str]], list], max_batch: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 256) -> None:
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, texts: list[str]) -> list:
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Job(texts, fut))
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            jobs, n = [first], len(first.texts)
+            deadline = loop.time() + self.max_wait
+            while n < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                n += len(job.texts)
+            live = [j for j in jobs if not j.future.done()]
+            if not live:
+                continue
+            texts = [t for j in live for t in j.texts]
+            try:
+                preds = await loop.run_in_executor(self._executor, self.predict, texts)
+            except Exception as err:  # a model failure answers every waiting request, never hangs them
+                log.exception("prediction failed for a batch of %d texts", len(texts))
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+                continue
+            pos = 0
+            for j in live:
+                if not j.future.done():
+                    j.future.set_result(preds[pos:pos + len(j.texts)])
+                pos += len(j.texts)

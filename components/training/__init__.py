@@ -1,0 +1,1 @@
+"""Training stage: model factory and the fine-tuning loop."""

@@ -1,0 +1,1 @@
+"""fineship flows: Prefect 3 compositions of tasks, plus the `fineship` CLI."""

@@ -1,0 +1,139 @@
+"""The training flow: load -> validate -> split -> train -> evaluate -> gate -> register."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
+
+from components.config import PipelineConfig
+from components.data.io import DatasetRef
+from components.data.validation import ValidationPolicy
+from components.errors import DataValidationError, GateRejected
+from components.evaluation.gate import GateDecision
+from components.evaluation.metrics import EvaluationReport
+from components.provenance import config_hash, git_commit
+from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
+from flows.settings import Settings
+from tasks.data import load_dataset, split_data, validate_data
+from tasks.evaluation import evaluate_model, gate
+from tasks.registry import download_package, register_model
+from tasks.training import fine_tune
+
+
+class TrainingOutcome(BaseModel):
+    """What one training run produced and decided."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    dataset: DatasetRef
+    split_digest: str
+    package_dir: str
+    candidate: EvaluationReport
+    champion: EvaluationReport | None = None
+    decision: GateDecision
+    registered: RegisteredVersion | None = None
+    smoke_texts: list[str]
+
+
+def _model_card(config: PipelineConfig, ref: DatasetRef, report: EvaluationReport, decision: GateDecision,
+                champion: EvaluationReport | None) -> str:
+    per_class = "\n".join(f"| {k} | {m.precision:.3f} | {m.recall:.3f} | {m.f1:.3f} | {m.support} |"
+                          for k, m in report.per_class.items())
+    comparison = ""
+    if champion is not None:
+        comparison = ("\n\n## Against the champion (same test split)\n\n| metric | candidate | champion |\n|---|---|---|\n"
+                      + "\n".join(f"| {k} | {getattr(report, k):.4f} | {getattr(champion, k):.4f} |"
+                                  for k in ("accuracy", "macro_f1", "mcc")))
+    return (f"# {config.registry.model_name}\n\nText classifier fine-tuned from `{config.training.model}` on "
+            f"`{ref.uri}` ({ref.rows} rows, sha256 {ref.fingerprint[:12]}).\n\n"
+            f"**Intended use:** classify short English texts into {', '.join(report.labels)}. Texts are truncated at "
+            f"{config.training.max_length} tokens.\n\n## Test metrics ({report.n} rows)\n\n"
+            f"accuracy {report.accuracy:.4f}, macro-F1 {report.macro_f1:.4f}, MCC {report.mcc:.4f}\n\n"
+            f"| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n{per_class}"
+            f"{comparison}\n\n## Gate\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
+            + "\n\n## Limits\n\nOnly the labels above can be predicted; texts unlike the training data get low-confidence"
+              " scores. Check the data-validation report of the run before trusting a new dataset.")
+
+
+@flow(name="training", log_prints=True)
+def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
+    """Validate the data, train a candidate, evaluate it against the champion, gate it and register it."""
+    logger = get_run_logger()
+    settings = Settings()
+    uri = settings.mlflow_tracking_uri
+    registry = MlflowRegistry(uri, settings.mlflow_artifact_root)
+    d = config.data
+    s3 = settings.s3_client() if any(p and p.startswith("s3://") for p in (d.path, d.validation_path, d.test_path)) else None
+
+    df, ref = load_dataset(d.path, d.format, s3)
+    validation_df = load_dataset(d.validation_path, d.format, s3)[0] if d.validation_path else None
+    test_df = load_dataset(d.test_path, d.format, s3)[0] if d.test_path else None
+
+    run_id = registry.start_run(config.registry.experiment, run_name=f"train-{config.registry.model_name}",
+                                tags={"fineship.prefect_flow_run_id": str(flow_run.get_id() or ""),
+                                      "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
+                                      "fineship.data_fingerprint": ref.fingerprint})
+    registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
+    try:
+        policy = ValidationPolicy(text_column=d.text_column, label_column=d.label_column, labels=d.labels,
+                                  min_examples_per_class=d.min_examples_per_class)
+        try:
+            report = validate_data(df, policy, ref.uri)
+            for name, extra in (("validation", validation_df), ("test", test_df)):
+                if extra is not None:
+                    validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
+        except DataValidationError as err:
+            if err.report is not None:
+                registry.log_dict(run_id, err.report.model_dump(), "validation/report.json")
+            raise
+        registry.log_dict(run_id, report.model_dump(), "validation/report.json")
+        labels = list(d.labels) if d.labels else sorted(report.class_counts)
+
+        sp = config.split
+        splits = split_data(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
+                            validation_df, test_df)
+        registry.log_dict(run_id, splits.manifest.model_dump(), "data/split_manifest.json")
+        registry.set_tags(run_id, {"fineship.split_digest": splits.manifest.digest})
+        registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
+                                     **{f"split.{k}_rows": v for k, v in splits.manifest.sizes.items()}})
+
+        package_dir = str(settings.runs_dir / run_id / "package")
+        trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id)
+        candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
+
+        champion_version = registry.find_version(config.registry.model_name, "champion")
+        champion = None
+        if champion_version is not None:
+            champ_dir = download_package(config.registry.model_name, champion_version.version,
+                                         str(settings.runs_dir / run_id / "champion"), uri)
+            champion = evaluate_model(champ_dir, splits, d.text_column, d.label_column, "champion", uri, run_id)
+        decision = gate(candidate, champion, config.gate, champion_version.version if champion_version else None,
+                        uri, run_id)
+        smoke_texts = splits.test[d.text_column].head(5).tolist()
+        if not decision.passed:
+            registry.end_run(run_id, "FINISHED")
+            raise GateRejected(decision.summary() + "; nothing was registered", decision)
+
+        tags = {
+            "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": splits.manifest.digest,
+            "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
+            "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
+            "fineship.labels": ",".join(labels), "fineship.base_model": config.training.model,
+            **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
+        }
+        registered = register_model(trained.package_dir, config.registry.model_name, run_id, smoke_texts, tags,
+                                    _model_card(config, ref, candidate, decision, champion), uri,
+                                    settings.mlflow_ui_url)
+        registry.end_run(run_id, "FINISHED")
+    except GateRejected:
+        raise
+    except BaseException:
+        registry.end_run(run_id, "FAILED")
+        raise
+    logger.info("run %s registered %s v%s", run_id, registered.name, registered.version)
+    return TrainingOutcome(run_id=run_id, dataset=ref, split_digest=splits.manifest.digest,
+                           package_dir=trained.package_dir, candidate=candidate, champion=champion,
+                           decision=decision, registered=registered, smoke_texts=smoke_texts)
+

@@ -1,0 +1,1 @@
+"""Infrastructure definitions: AWS resources and Prefect work pools (see infra/aws, infra/prefect)."""

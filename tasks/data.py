@@ -1,0 +1,73 @@
+"""Data tasks: load, validate, split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components.data.io import DatasetRef, read_dataset
+from components.data.split import Splits, explicit_splits, split_frame
+from components.data.validation import ValidationPolicy, ValidationReport, validate_frame
+from components.errors import DataValidationError
+from tasks.common import artifact_key, md_table, retry_transient
+
+
+@task(name="load-dataset", retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_transient,
+      timeout_seconds=600, cache_policy=NO_CACHE)
+def load_dataset(uri: str, fmt: str = "auto", s3_client: Any | None = None) -> tuple[pd.DataFrame, DatasetRef]:
+    """Read a dataset from a local path or S3."""
+    df, ref = read_dataset(uri, fmt, s3_client=s3_client)
+    get_run_logger().info("loaded %s: %d rows, fingerprint %s", uri, ref.rows, ref.fingerprint[:12])
+    return df, ref
+
+
+def validation_markdown(report: ValidationReport) -> str:
+    rows = []
+    for r in report.results:
+        status = "pass" if r.success else ("**FAIL**" if r.severity == "error" else "warn")
+        example = "; ".join(str(e) for e in r.examples[:5]) if r.examples else ""
+        rows.append([r.rule, r.severity, status, r.unexpected_count, r.message if not r.success else "", example])
+    verdict = "passed" if report.passed else "FAILED: training did not start"
+    counts = md_table(["class", "rows"], [[k, v] for k, v in sorted(report.class_counts.items())])
+    return (f"# Data validation: {verdict}\n\nDataset `{report.dataset}`, {report.rows} rows, "
+            f"suite v{report.suite_version}.\n\n"
+            + md_table(["rule", "severity", "outcome", "offending rows", "what to do", "examples"], rows)
+            + "\n\n## Rows per class\n\n" + counts)
+
+
+@task(name="validate-data", timeout_seconds=900, cache_policy=NO_CACHE)
+def validate_data(df: pd.DataFrame, policy: ValidationPolicy, dataset: str) -> ValidationReport:
+    """Run the GX suite; publish the report; raise `DataValidationError` when an error rule fails."""
+    report = validate_frame(df, policy, dataset)
+    create_markdown_artifact(validation_markdown(report), key=artifact_key("validation"),
+                             description=f"Data validation of {dataset}")
+    logger = get_run_logger()
+    for r in report.warnings:
+        logger.warning("%s: %s", r.rule, r.message)
+    if not report.passed:
+        raise DataValidationError(report.summary(), report)
+    logger.info("validation passed (%d rules, %d warnings)", len(report.results), len(report.warnings))
+    return report
+
+
+@task(name="split-data", timeout_seconds=900, cache_policy=NO_CACHE)
+def split_data(df: pd.DataFrame, text_col: str, label_col: str, train: float, validation: float, test: float,
+               seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None) -> Splits:
+    """Split deterministically (or apply explicit evaluation files); publish sizes per class."""
+    if test_df is not None:
+        splits = explicit_splits(df, validation_df, test_df, text_col, label_col, seed, validation)
+    else:
+        splits = split_frame(df, text_col, label_col, train, validation, test, seed)
+    m = splits.manifest
+    classes = sorted({c for sizes in m.class_sizes.values() for c in sizes})
+    create_table_artifact(
+        [{"class": c, **{s: m.class_sizes[s].get(c, 0) for s in ("train", "validation", "test")}} for c in classes]
+        + [{"class": "total", **m.sizes}],
+        key=artifact_key("split"), description=f"Split sizes per class (seed {m.seed}, leakage {m.leakage}, "
+                                               f"digest {m.digest})")
+    get_run_logger().info("split %s, leakage %d, digest %s", m.sizes, m.leakage, m.digest)
+    return splits
