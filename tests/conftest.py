@@ -1,0 +1,60 @@
+"""Test-wide settings: offline, CPU-only, quiet, and everything written under tmp paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.tiny import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def sample_df():
+    from tests.support.tiny import sample_frame
+
+    return sample_frame()
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sample_df) -> Path:
+    """A tiny BERT fine-tuned for a few steps on the sample data, written as a model package."""
+    from components.config import TrainingConfig
+    from components.data.split import split_frame
+    from components.training.trainer import train
+    from tests.support.tiny import LABELS
+
+    s = split_frame(sample_df, "text", "label", 0.8, 0.1, 0.1, 42)
+    out = tmp_path_factory.mktemp("tiny-package") / "package"
+    train(s.train.text.tolist(), s.train.label.tolist(), s.validation.text.tolist(), s.validation.label.tolist(),
+          LABELS, TrainingConfig(model=str(tiny_bert), max_length=48, batch_size=16, learning_rate=3e-3, epochs=20,
+                         early_stopping_patience=5),
+          out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent: real-data tests skipped")
+    return SHARED_DATA
