@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,7 +146,7 @@ def _rules(p: ValidationPolicy) -> list[_Rule]:
 def _derived_frame(df: pd.DataFrame, p: ValidationPolicy) -> pd.DataFrame:
     rows = df[[p.text_column, p.label_column]].copy()
     text = rows[p.text_column]
-    rows[IS_STR] = text.map(lambda v: isinstance(v, str)) | text.isna()
+    rows[IS_STR] = np.fromiter((isinstance(v, str) for v in text), dtype=bool, count=len(text)) | text.isna().to_numpy()
     rows[NORM] = normalise_text(text.where(rows[IS_STR], None))
     labels = rows[p.label_column]
     rows[CLASS_COUNT] = labels.map(labels.value_counts(dropna=True)).fillna(0).astype(int)

@@ -1,0 +1,74 @@
+"""Whole-flow runs: both flows on a tiny random BERT, real Prefect, real MLflow (SQLite), real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from components.config import load_config
+from components.errors import DataValidationError, GateRejected
+from tests.support.tiny import LABELS, SAMPLE
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(tiny_bert, **overrides):
+    base = [f"training.model={tiny_bert}", "training.epochs=3", "training.learning_rate=0.003",
+            "training.max_length=48", f"data.path={SAMPLE}", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
+            "registry.model_name=e2e-news", "registry.experiment=e2e", "deploy.port=0"]
+    return load_config("flows/configs/ci.yaml", base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _registry(home):
+    from components.registry.mlflow_registry import MlflowRegistry
+    from flows.settings import Settings
+
+    return MlflowRegistry(Settings().mlflow_tracking_uri)
+
+
+def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_home, tiny_bert):
+    from components.package import load_package
+    from flows.deployment import DeployRequest, deployment_flow
+    from flows.training import training_flow
+
+    outcome = training_flow(_config(tiny_bert))
+    assert outcome.decision.passed
+    assert outcome.registered is not None and outcome.registered.version == "1"
+    assert "challenger" in outcome.registered.aliases
+    version = _registry(fineship_home).get_version("e2e-news", version="1")
+    assert version.tags["fineship.split_digest"] == outcome.split_digest
+    assert version.tags["fineship.data_fingerprint"] == outcome.dataset.fingerprint
+    assert float(version.tags["metric.accuracy"]) == pytest.approx(outcome.candidate.accuracy, abs=1e-4)
+
+    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="challenger", port=0))
+    assert record.model_version == "1"
+    texts = ["The striker scored twice in the cup final.", "Shares fell after the profit warning."]
+    r = httpx.post(f"{record.url}/invocations", json={"inputs": texts}, timeout=30)
+    assert r.status_code == 200
+    got = [p["label"] for p in r.json()["predictions"]]
+    assert set(got) <= set(LABELS)
+    local = [p.label for p in load_package(outcome.package_dir).predict(texts)]
+    assert got == local
+    assert httpx.get(f"{record.url}/ping").status_code == 200
+
+
+def test_invalid_data_stops_before_training(prefect_harness, fineship_home, tiny_bert, tmp_path, sample_df):
+    from flows.training import training_flow
+
+    bad = tmp_path / "bad.csv"
+    sample_df.assign(label=lambda d: d.label.where(d.index % 7 != 0, "weather")).to_csv(bad, index=False)
+    with pytest.raises(DataValidationError, match="labels_in_set"):
+        training_flow(_config(tiny_bert, **{"data.path": str(bad)}))
+    registry = _registry(fineship_home)
+    assert registry.find_version("e2e-news", "challenger") is None
+    assert not (fineship_home / "endpoints").exists()
+    runs = list((fineship_home / "runs").glob("*/package")) if (fineship_home / "runs").exists() else []
+    assert runs == []  # training never started
+
+
+def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_bert):
+    from flows.training import training_flow
+
+    with pytest.raises(GateRejected, match="nothing was registered"):
+        training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0}))
+    assert _registry(fineship_home).find_version("e2e-news", "challenger") is None

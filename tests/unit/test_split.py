@@ -1,0 +1,48 @@
+import pandas as pd
+
+from components.data.split import explicit_splits, split_frame
+from components.data.validation import normalise_text
+
+
+def _split(df, seed=42):
+    return split_frame(df, "text", "label", 0.8, 0.1, 0.1, seed)
+
+
+def test_sizes_and_stratification(sample_df):
+    s = _split(sample_df)
+    assert sum(s.manifest.sizes.values()) == len(sample_df)
+    for label, n in sample_df.label.value_counts().items():
+        test_n = s.manifest.class_sizes["test"][label]
+        assert abs(test_n - 0.1 * n) <= 1.5, (label, test_n, n)
+        assert s.manifest.class_sizes["validation"][label] >= 1
+
+
+def test_same_data_any_row_order_same_manifest(sample_df):
+    a = _split(sample_df)
+    b = _split(sample_df.sample(frac=1, random_state=3).reset_index(drop=True))
+    assert a.manifest == b.manifest
+    assert a.manifest.digest == b.manifest.digest
+    assert a.test.text.tolist() == b.test.text.tolist()
+
+
+def test_seed_changes_the_split(sample_df):
+    assert _split(sample_df, 1).manifest.digest != _split(sample_df, 2).manifest.digest
+
+
+def test_duplicates_never_span_splits(sample_df):
+    dups = sample_df.head(80).assign(text=lambda d: "  " + d.text.str.upper() + " ")
+    s = _split(pd.concat([sample_df, dups], ignore_index=True))
+    assert s.manifest.leakage == 0
+    seen = {}
+    for name in ("train", "validation", "test"):
+        for t in normalise_text(s.frame(name).text):
+            assert seen.setdefault(t, name) == name
+
+
+def test_explicit_files_drop_overlap_from_train(sample_df):
+    test = sample_df.head(50)
+    s = explicit_splits(sample_df, None, test, "text", "label", 42, 0.1)
+    assert s.manifest.dropped_from_train == 50
+    assert s.manifest.leakage == 0
+    assert len(s.test) == 50
+    assert len(s.train) + len(s.validation) == len(sample_df) - 50
