@@ -83,9 +83,19 @@ class TrainingConfig(_Section):
 class GateConfig(_Section):
     min_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute floor on test accuracy.")
     min_macro_f1: float = Field(0.8, ge=0, le=1, description="Absolute floor on test macro-F1.")
+    metric: Literal["accuracy", "macro_f1"] = Field(
+        "macro_f1", description="Metric of the non-inferiority test against the champion.")
+    margin: float = Field(0.01, ge=0, lt=1, description="The candidate may be at most this much worse than the "
+                          "champion (lower confidence bound of candidate - champion > -margin).")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the one-sided paired bootstrap bound.")
+    max_class_recall_drop: float = Field(0.10, ge=0, le=1, description="Largest allowed recall drop of any one class.")
+    n_bootstrap: int = Field(2000, ge=100, le=100_000)
+    seed: int = 0
 
 
 class RegistryConfig(_Section):
+    auto_promote: bool = Field(False, description="Promote a gated candidate to champion without a recorded "
+                               "approval (recorded in the version's tags).")
     model_name: str = Field(
         "fineship-news", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Registered model name."
     )

@@ -116,6 +116,11 @@ def run(
     typer.echo(f"  registered model:  {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
     if not deploy or cfg.deploy.target == "none":
         return
+    if "champion" not in reg.aliases:
+        typer.echo(f"  not deployed:      v{reg.version} awaits review; approve it with\n"
+                   f"                     fineship approve {reg.name} {reg.version} --by YOUR_NAME\n"
+                   f"                     then: fineship deploy --model {reg.name} --version {reg.version}")
+        return
     try:
         record = deployment_flow(DeployRequest(model_name=reg.name, version=reg.version, target=cfg.deploy.target,
                                                endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host,
@@ -207,6 +212,59 @@ def deploy(
     except FineshipError as err:
         _fail(err, 4)
     typer.echo(f"{record.model_name} v{record.model_version} serving at {record.url} (pid {record.pid})")
+
+
+def _registry():
+    from components.registry.mlflow_registry import MlflowRegistry
+    from flows.settings import Settings
+
+    return MlflowRegistry(Settings().mlflow_tracking_uri)
+
+
+ByOpt = typer.Option(..., "--by", help="Reviewer name recorded on the version.")
+CommentOpt = typer.Option("", "--comment", help="Optional comment recorded with the decision.")
+
+
+@app.command()
+def approve(model: str = typer.Argument(..., help="Registered model name."),
+            version: str = typer.Argument(..., help="Version number."), by: str = ByOpt,
+            comment: str = CommentOpt) -> None:
+    """Record an approval on a version and promote it to champion."""
+    _prepare_env()
+    from components.registry.review import approve as do_approve
+
+    try:
+        change = do_approve(_registry(), model, version, by, comment)
+    except FineshipError as err:
+        _fail(err, 1)
+    typer.echo(f"{model} v{version} approved by {by}; champion {change.from_version or '(none)'} -> {change.to_version}")
+
+
+@app.command()
+def reject(model: str = typer.Argument(...), version: str = typer.Argument(...), by: str = ByOpt,
+           comment: str = CommentOpt) -> None:
+    """Record a rejection on a version; it will not be promoted or deployed."""
+    _prepare_env()
+    from components.registry.review import reject as do_reject
+
+    try:
+        do_reject(_registry(), model, version, by, comment)
+    except FineshipError as err:
+        _fail(err, 1)
+    typer.echo(f"{model} v{version} rejected by {by}")
+
+
+@app.command()
+def rollback(model: str = typer.Argument(...), by: str = typer.Option("cli", "--by")) -> None:
+    """Move champion back to the previous approved version."""
+    _prepare_env()
+    from components.registry.review import rollback as do_rollback
+
+    try:
+        change = do_rollback(_registry(), model, by)
+    except FineshipError as err:
+        _fail(err, 1)
+    typer.echo(f"{model}: champion v{change.from_version} -> v{change.to_version}")
 
 
 def _state_dir() -> Path:

@@ -10,7 +10,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.deploy.local import DeploymentRecord, read_record, start_endpoint
-from components.errors import DeploymentError
+from components.errors import DeploymentError, RegistryError
+from components.registry.review import require_approved
 from flows.settings import Settings
 from tasks.deploy import expected_predictions, smoke, start_local_endpoint, stop_local_endpoint
 from tasks.registry import download_package, resolve_version
@@ -59,6 +60,10 @@ def deployment_flow(request: DeployRequest) -> DeploymentRecord:
     settings = Settings()
     uri = settings.mlflow_tracking_uri
     version = resolve_version(request.model_name, request.version, request.alias, uri)
+    try:
+        require_approved(version)  # before anything is downloaded, started or stopped
+    except RegistryError as err:
+        raise DeploymentError(f"refused: {err}") from None
     state = str(settings.endpoints_dir)
     dst = settings.endpoints_dir / request.endpoint_name / f"{request.model_name}-v{version.version}"
     package_dir = download_package(request.model_name, version.version, str(dst), uri)

@@ -14,10 +14,11 @@ from components.evaluation.gate import GateDecision
 from components.evaluation.metrics import EvaluationReport
 from components.provenance import config_hash, git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
+from components.registry.review import auto_promote
 from flows.settings import Settings
 from tasks.data import load_dataset, split_data, validate_data
-from tasks.evaluation import evaluate_model, gate
-from tasks.registry import download_package, register_model
+from tasks.evaluation import confusion_markdown, evaluate_model, gate
+from tasks.registry import download_package, register_model, verify_package_task
 from tasks.training import fine_tune
 
 
@@ -50,8 +51,13 @@ def _model_card(config: PipelineConfig, ref: DatasetRef, report: EvaluationRepor
             f"`{ref.uri}` ({ref.rows} rows, sha256 {ref.fingerprint[:12]}).\n\n"
             f"**Intended use:** classify short English texts into {', '.join(report.labels)}. Texts are truncated at "
             f"{config.training.max_length} tokens.\n\n## Test metrics ({report.n} rows)\n\n"
-            f"accuracy {report.accuracy:.4f}, macro-F1 {report.macro_f1:.4f}, MCC {report.mcc:.4f}\n\n"
+            f"| metric | value | 95% bootstrap interval |\n|---|---|---|\n"
+            f"| accuracy | {report.accuracy:.4f} | [{report.accuracy_ci[0]:.4f}, {report.accuracy_ci[1]:.4f}] |\n"
+            f"| macro-F1 | {report.macro_f1:.4f} | [{report.macro_f1_ci[0]:.4f}, {report.macro_f1_ci[1]:.4f}] |\n"
+            f"| MCC | {report.mcc:.4f} | |\n"
+            f"| expected calibration error | {report.ece if report.ece is not None else float('nan'):.4f} | |\n\n"
             f"| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n{per_class}"
+            f"\n\n## Confusion matrix (rows: true, columns: predicted)\n\n{confusion_markdown(report)}"
             f"{comparison}\n\n## Gate\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
             + "\n\n## Limits\n\nOnly the labels above can be predicted; texts unlike the training data get low-confidence"
               " scores. Check the data-validation report of the run before trusting a new dataset.")
@@ -116,16 +122,24 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
             registry.end_run(run_id, "FINISHED")
             raise GateRejected(decision.summary() + "; nothing was registered", decision)
 
+        verify_package_task(trained.package_dir, smoke_texts)
         tags = {
             "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": splits.manifest.digest,
             "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
             "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
             "fineship.labels": ",".join(labels), "fineship.base_model": config.training.model,
             **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
+            "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
+            "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
+            "fineship.auto_promote": str(config.registry.auto_promote).lower(),
         }
+        card = _model_card(config, ref, candidate, decision, champion)
+        registry.log_text(run_id, card, "model_card.md")
         registered = register_model(trained.package_dir, config.registry.model_name, run_id, smoke_texts, tags,
-                                    _model_card(config, ref, candidate, decision, champion), uri,
-                                    settings.mlflow_ui_url)
+                                    card, uri, settings.mlflow_ui_url)
+        if config.registry.auto_promote:
+            auto_promote(registry, registered.name, registered.version)
+            registered = registry.get_version(registered.name, version=registered.version)
         registry.end_run(run_id, "FINISHED")
     except GateRejected:
         raise

@@ -13,10 +13,16 @@ from components.config import GateConfig
 from components.data.split import Splits
 from components.evaluation.gate import GateDecision, decide
 from components.evaluation.metrics import EvaluationReport, evaluate_classifier
-from components.evaluation.plots import plot_confusion_matrix
+from components.evaluation.plots import plot_confusion_matrix, plot_reliability
 from components.package import load_package
 from components.registry.mlflow_registry import MlflowRegistry
 from tasks.common import artifact_key, md_table
+
+
+def confusion_markdown(report: EvaluationReport) -> str:
+    """The confusion matrix as a markdown table (rows: true label)."""
+    return md_table(["true \\ predicted", *report.labels],
+                    [[lab, *row] for lab, row in zip(report.labels, report.confusion_matrix)])
 
 
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)
@@ -34,12 +40,14 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
     with tempfile.TemporaryDirectory() as tmp:
         registry.log_artifact(run_id, plot_confusion_matrix(report, Path(tmp) / f"{role}_confusion_matrix.png"),
                               "plots")
+        registry.log_artifact(run_id, plot_reliability(report, Path(tmp) / f"{role}_reliability.png"), "plots")
     rows = [[lab, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", m.support] for lab, m in report.per_class.items()]
-    cm = md_table(["true \\ predicted", *report.labels],
-                  [[lab, *row] for lab, row in zip(report.labels, report.confusion_matrix)])
+    cm = confusion_markdown(report)
     create_markdown_artifact(
         f"# Evaluation of the {role} on the test split ({report.n} rows)\n\n"
-        f"accuracy **{report.accuracy:.4f}**, macro-F1 **{report.macro_f1:.4f}**, MCC {report.mcc:.4f}, "
+        f"accuracy **{report.accuracy:.4f}** (95% CI {report.accuracy_ci[0]:.4f}-{report.accuracy_ci[1]:.4f}), "
+        f"macro-F1 **{report.macro_f1:.4f}** (95% CI {report.macro_f1_ci[0]:.4f}-{report.macro_f1_ci[1]:.4f}), "
+        f"MCC {report.mcc:.4f}, ECE {report.ece or 0:.4f}, "
         f"{report.latency_ms_per_example:.2f} ms per example\n\n"
         + md_table(["class", "precision", "recall", "F1", "support"], rows) + "\n\n## Confusion matrix\n\n" + cm,
         key=artifact_key("evaluation", role), description=f"Evaluation of the {role}")

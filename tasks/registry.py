@@ -6,7 +6,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from components.package import load_package
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
+from components.registry.package_check import verify_package
 from tasks.common import artifact_key, retry_transient
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "tokenizers==0.23.3", "safetensors==0.8.0",
@@ -29,6 +31,15 @@ def register_model(package_dir: str, name: str, run_id: str, input_example: list
                              link_text=f"{name} v{version.version} in MLflow", key=artifact_key("mlflow-version"))
     get_run_logger().info("registered %s version %s", name, version.version)
     return version
+
+
+@task(name="verify-package", timeout_seconds=600, cache_policy=NO_CACHE)
+def verify_package_task(package_dir: str, texts: list[str]) -> float:
+    """Load the package in a fresh process; it must predict `texts` as the trained model does in memory."""
+    clf = load_package(package_dir)
+    diff = verify_package(package_dir, texts, clf.predict_proba(texts))
+    get_run_logger().info("package check passed: fresh-process scores within %.2e", diff)
+    return diff
 
 
 @task(name="resolve-version", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.evaluation import stats
 from components.package import TextClassifier
 
 REPORT_SCHEMA_VERSION = "1"
@@ -48,11 +49,20 @@ class EvaluationReport(BaseModel):
     per_class: dict[str, ClassMetrics]
     confusion_matrix: list[list[int]] = Field(description="Rows: true label, columns: predicted, in `labels` order.")
     latency_ms_per_example: float
+    accuracy_ci: tuple[float, float] = Field((0.0, 0.0), description="Bootstrap 95% interval of accuracy.")
+    macro_f1_ci: tuple[float, float] = Field((0.0, 0.0), description="Bootstrap 95% interval of macro-F1.")
+    ece: float | None = Field(None, description="Expected calibration error (10 equal-width bins).")
+    reliability: list[dict[str, float]] = Field(default_factory=list, description="Bins of the reliability plot.")
+    y_true: list[str] = Field(default_factory=list, description="True label per test row, in split order.")
     predictions: list[str] = Field(default_factory=list, description="Predicted label per test row, in split order.")
     misclassified: list[Misclassified] = Field(default_factory=list)
 
     def headline(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "micro_f1": self.micro_f1, "mcc": self.mcc}
+
+    def json_schema(self) -> dict:
+        """The JSON schema of this contract (what the gate and any external reader may rely on)."""
+        return type(self).model_json_schema()
 
 
 def compute_report(y_true: Sequence[str], y_pred: Sequence[str], labels: list[str], model: str,
@@ -64,6 +74,10 @@ def compute_report(y_true: Sequence[str], y_pred: Sequence[str], labels: list[st
 
     y_true, y_pred = list(map(str, y_true)), list(map(str, y_pred))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    yt, yp = stats.encode(labels, y_true, y_pred)
+    ece, bins = (None, [])
+    if len(scores):
+        ece, bins = stats.expected_calibration_error(np.asarray(scores, dtype=float), yt == yp)
     wrong = [i for i, (a, b) in enumerate(zip(y_true, y_pred)) if a != b]
     return EvaluationReport(
         model=model, split_digest=split_digest, n=len(y_true), labels=labels,
@@ -75,6 +89,10 @@ def compute_report(y_true: Sequence[str], y_pred: Sequence[str], labels: list[st
                    for i, lab in enumerate(labels)},
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         latency_ms_per_example=latency_ms,
+        accuracy_ci=stats.bootstrap_ci(yt, yp, stats.accuracy),
+        macro_f1_ci=stats.bootstrap_ci(yt, yp, stats.macro_f1),
+        ece=ece, reliability=bins,
+        y_true=y_true,
         predictions=y_pred,
         misclassified=[Misclassified(text=texts[i][:300], label=y_true[i], predicted=y_pred[i],
                                      score=float(scores[i]) if len(scores) else 0.0)

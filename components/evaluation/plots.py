@@ -64,3 +64,26 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_reliability(report: EvaluationReport, path: str | Path) -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin, with the ECE in the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    bins = report.reliability
+    if bins:
+        ax.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+               width=[b["upper"] - b["lower"] for b in bins], edgecolor="black", alpha=0.7, label="accuracy")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color="C1")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {report.ece or 0:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -55,6 +55,8 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # sagemaker 3 installs a request-header plugin that logs a warning on every REST call.
+        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- runs -----------------------------------------------------------------------------
@@ -136,7 +138,7 @@ class MlflowRegistry:
         if not self._registered_model_exists(name):
             self.client.create_registered_model(name, description="fineship text classifier")
         mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
-                                              description=description or None)
+                                              description=description or None, model_id=info.model_id)
         for alias in aliases:
             self.client.set_registered_model_alias(name, alias, mv.version)
         log.info("registered %s version %s", name, mv.version)
@@ -175,6 +177,13 @@ class MlflowRegistry:
             return self.get_version(name, alias=alias)
         except RegistryError:
             return None
+
+    def list_versions(self, name: str) -> list[RegisteredVersion]:
+        """Every version of `name` (newest first)."""
+        out = []
+        for mv in self.client.search_model_versions(f"name='{name}'"):
+            out.append(self.get_version(name, version=str(mv.version)))
+        return sorted(out, key=lambda v: -int(v.version))
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

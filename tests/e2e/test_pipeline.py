@@ -72,3 +72,32 @@ def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_b
     with pytest.raises(GateRejected, match="nothing was registered"):
         training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0}))
     assert _registry(fineship_home).find_version("e2e-news", "challenger") is None
+
+
+def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_harness, fineship_home, tiny_bert):
+    from components.errors import DeploymentError
+    from components.registry.review import approve
+    from flows.deployment import DeployRequest, deployment_flow
+    from flows.training import training_flow
+
+    first = training_flow(_config(tiny_bert, **{"registry.auto_promote": "true"}))
+    assert "champion" in first.registered.aliases
+    second = training_flow(_config(tiny_bert, **{"registry.auto_promote": "false", "gate.margin": 0.5,
+                                                 "gate.max_class_recall_drop": 1.0}))
+    # the champion was re-scored on this run's own frozen test split
+    assert second.champion is not None and second.champion.split_digest == second.candidate.split_digest
+    assert second.decision.champion_version == "1"
+    assert any("vs champion v1" in r for r in second.decision.reasons)
+    assert second.registered.version == "2" and "champion" not in second.registered.aliases
+
+    registry = _registry(fineship_home)
+    with pytest.raises(DeploymentError, match="fineship approve e2e-news 2 --by"):
+        deployment_flow(DeployRequest(model_name="e2e-news", version="2", port=0))
+    assert not (fineship_home / "endpoints").exists()  # refused before anything was touched
+
+    approve(registry, "e2e-news", "2", by="reviewer")
+    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0))
+    assert record.model_version == "2"
+    version = registry.get_version("e2e-news", version="2")
+    assert version.tags["approved_by"] == "reviewer"
+    assert "vs champion v1" in version.tags["fineship.gate_reasons"]

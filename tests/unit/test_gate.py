@@ -33,3 +33,75 @@ def test_report_metrics_match_sklearn_definitions():
     assert r.accuracy == 0.75
     assert r.confusion_matrix == [[1, 1], [0, 2]]
     assert r.per_class["a"].recall == 0.5 and r.per_class["b"].precision == pytest.approx(2 / 3)
+
+
+def _pair(n=200, cand_wrong=(), champ_wrong=(), labels=("a", "b")):
+    y = [labels[i % 2] for i in range(n)]
+    flip = {"a": "b", "b": "a"}
+    cand = [flip[v] if i in cand_wrong else v for i, v in enumerate(y)]
+    champ = [flip[v] if i in champ_wrong else v for i, v in enumerate(y)]
+    return (compute_report(y, cand, list(labels), "candidate", split_digest="s1"),
+            compute_report(y, champ, list(labels), "champion", split_digest="s1"))
+
+
+def _policy(**kw):
+    base = dict(min_accuracy=0.0, min_macro_f1=0.0, metric="accuracy", margin=0.02, confidence=0.95,
+                max_class_recall_drop=1.0, n_bootstrap=500, seed=0)
+    return GateConfig(**{**base, **kw})
+
+
+def test_non_inferiority_margin_both_sides():
+    cand, champ = _pair(cand_wrong=set(range(0, 40, 2)) | {1, 3}, champ_wrong=set(range(0, 30, 2)))
+    probe = decide(cand, champ, _policy(), "1")
+    lower = probe.lower_bound
+    assert probe.difference == pytest.approx(cand.accuracy - champ.accuracy)
+    assert lower < 0
+    assert decide(cand, champ, _policy(margin=-lower + 1e-6), "1").passed
+    assert not decide(cand, champ, _policy(margin=-lower), "1").passed
+    rejected = decide(cand, champ, _policy(margin=-lower - 1e-3), "1")
+    assert any("may be worse than the champion" in r for r in rejected.reasons)
+
+
+def test_better_candidate_passes_and_reports_mcnemar():
+    cand, champ = _pair(cand_wrong={0, 2}, champ_wrong=set(range(0, 60, 2)))
+    d = decide(cand, champ, _policy(margin=0.0), "3")
+    assert d.passed and d.difference > 0 and d.lower_bound > 0
+    assert d.mcnemar_p is not None and d.mcnemar_p < 0.01
+    assert d.champion_version == "3"
+
+
+def test_class_recall_drop_limit_both_sides():
+    # candidate misses 10 of 100 'a' rows the champion got right: recall of 'a' drops by exactly 0.10
+    cand, champ = _pair(cand_wrong=set(range(0, 20, 2)))
+    assert champ.per_class["a"].recall - cand.per_class["a"].recall == pytest.approx(0.10)
+    assert decide(cand, champ, _policy(margin=0.5, max_class_recall_drop=0.10 + 1e-9), "1").passed
+    d = decide(cand, champ, _policy(margin=0.5, max_class_recall_drop=0.09), "1")
+    assert not d.passed
+    assert any("recall of 'a' drops" in r for r in d.reasons)
+
+
+def test_reports_on_different_splits_are_refused():
+    cand, champ = _pair()
+    champ = champ.model_copy(update={"split_digest": "other"})
+    d = decide(cand, champ, _policy(margin=0.5), "1")
+    assert not d.passed and any("different test split" in r for r in d.reasons)
+
+
+def test_floors_still_apply_with_champion():
+    cand, champ = _pair(cand_wrong=set(range(0, 200, 3)))
+    d = decide(cand, champ, _policy(min_accuracy=0.9, margin=0.5, max_class_recall_drop=1.0), "1")
+    assert not d.passed and any("< floor" in r for r in d.reasons)
+
+
+def test_confidence_intervals_bracket_the_point_estimate():
+    r = _report(85, n=200)
+    lo, hi = r.accuracy_ci
+    assert lo < r.accuracy < hi
+    assert hi - lo < 0.2
+    assert r.macro_f1_ci[0] <= r.macro_f1 <= r.macro_f1_ci[1]
+
+
+def test_evaluation_report_has_a_json_schema():
+    schema = _report(90).json_schema()
+    for field in ("accuracy", "macro_f1", "mcc", "per_class", "confusion_matrix", "accuracy_ci", "ece"):
+        assert field in schema["properties"]

@@ -1,0 +1,127 @@
+"""Registry operations against a SQLite store and against a real MLflow server on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from components.errors import RegistryError
+from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+from components.registry.review import (ALIAS_LOG, CHAMPION, approve, auto_promote, is_approved, reject,
+                                        require_approved, rollback)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, local artifacts) on 127.0.0.1 and a free port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail("mlflow server exited:\n" + (root / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not answer /health in 90 s")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry(request, tmp_path):
+    if request.param == "sqlite":
+        return MlflowRegistry(local_tracking_uri(tmp_path / "mlflow.db"), tmp_path / "artifacts")
+    return MlflowRegistry(request.getfixturevalue("mlflow_server"))
+
+
+def _register(registry: MlflowRegistry, package, name: str, n: int) -> list[str]:
+    versions = []
+    for i in range(n):
+        run_id = registry.start_run("reg-tests", f"r{i}")
+        v = registry.log_and_register(run_id, package, name, ["a text about football"], ["torch==2.13.0"],
+                                      {"fineship.test": str(i)}, description=f"card {i}", aliases=("challenger",))
+        registry.end_run(run_id)
+        versions.append(v.version)
+    return versions
+
+
+def test_register_download_and_review_paths(registry, tiny_package, tmp_path):
+    name = f"m-{tmp_path.name[-12:]}".replace("_", "-")
+    v1, v2, v3 = _register(registry, tiny_package, name, 3)
+    assert (v1, v2, v3) == ("1", "2", "3")
+    got = registry.get_version(name, alias="challenger")
+    assert got.version == "3" and got.tags["fineship.test"] == "2"
+
+    pkg = registry.download_package(name, "2", tmp_path / "dl")
+    assert (pkg / "fineship.json").is_file() and any(pkg.glob("*.safetensors"))
+
+    # unapproved: refused with the command that fixes it
+    with pytest.raises(RegistryError, match=f"fineship approve {name} 1 --by"):
+        require_approved(registry.get_version(name, version="1"))
+
+    change = approve(registry, name, "1", by="ana", comment="looks good")
+    assert (change.from_version, change.to_version) == (None, "1")
+    v = registry.get_version(name, version="1")
+    assert CHAMPION in v.aliases and v.tags["approved_by"] == "ana" and v.tags["approval_comment"] == "looks good"
+    assert is_approved(v)
+
+    reject(registry, name, "2", by="bo", comment="recall of tech fell")
+    with pytest.raises(RegistryError, match="rejected by bo"):
+        require_approved(registry.get_version(name, version="2"))
+
+    approve(registry, name, "3", by="ana")
+    assert registry.get_version(name, alias=CHAMPION).version == "3"
+    log3 = json.loads(registry.get_version(name, version="3").tags[ALIAS_LOG])
+    assert log3[-1] == {**log3[-1], "alias": "champion", "from_version": "1", "to_version": "3", "by": "ana"}
+    log1 = json.loads(registry.get_version(name, version="1").tags[ALIAS_LOG])
+    assert [e["to_version"] for e in log1] == ["1", "3"]  # the old champion records that it was replaced
+
+    back = rollback(registry, name, by="cy")
+    assert (back.from_version, back.to_version) == ("3", "1")  # v2 was rejected, so it is skipped
+    assert registry.get_version(name, alias=CHAMPION).version == "1"
+    with pytest.raises(RegistryError, match="no approved version older"):
+        rollback(registry, name, by="cy")
+    with pytest.raises(RegistryError, match="is the champion"):
+        reject(registry, name, "1", by="bo")
+
+
+def test_auto_promote_says_so_in_tags(registry, tiny_package, tmp_path):
+    name = f"auto-{tmp_path.name[-10:]}".replace("_", "-")
+    (v1,) = _register(registry, tiny_package, name, 1)
+    auto_promote(registry, name, v1)
+    v = registry.get_version(name, version=v1)
+    assert v.tags["fineship.auto_promote"] == "true" and v.tags["fineship.review"] == "auto_promoted"
+    assert CHAMPION in v.aliases
+
+
+def test_unknown_version_and_approval_without_name(registry, tmp_path):
+    with pytest.raises(RegistryError, match="has no version 9"):
+        registry.get_version("nope", version="9")
+    with pytest.raises(RegistryError, match="--by NAME"):
+        approve(registry, "nope", "1", by=" ")
