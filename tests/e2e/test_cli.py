@@ -51,3 +51,23 @@ def test_bad_config_value_fails_naming_field(tmp_path):
     r = _run(["run", "--config", "demo", "--set", "training.epochs=0"], REPO, FINESHIP_HOME=str(tmp_path / "h"))
     assert r.returncode == 2
     assert "training.epochs" in r.stderr
+
+
+def test_approve_reject_rollback_commands(tmp_path, tiny_package):
+    from components.registry.mlflow_registry import MlflowRegistry
+
+    home = tmp_path / "h"
+    home.mkdir()
+    registry = MlflowRegistry(f"sqlite:///{home.resolve() / 'mlflow.db'}")
+    for i in range(3):
+        run_id = registry.start_run("cli", f"r{i}")
+        registry.log_and_register(run_id, tiny_package, "clim", ["hello"], ["torch==2.13.0"], {})
+    env = {"FINESHIP_HOME": str(home)}
+    assert _run(["approve", "clim", "1", "--by", "ana"], tmp_path, **env).returncode == 0
+    r = _run(["approve", "clim", "3", "--by", "ana", "--comment", "better"], tmp_path, **env)
+    assert r.returncode == 0 and "champion 1 -> 3" in r.stdout
+    assert _run(["reject", "clim", "2", "--by", "bo"], tmp_path, **env).returncode == 0
+    r = _run(["rollback", "clim", "--by", "cy"], tmp_path, **env)
+    assert r.returncode == 0 and "v3 -> v1" in r.stdout
+    r = _run(["approve", "clim", "7", "--by", "ana"], tmp_path, **env)
+    assert r.returncode == 1 and "has no version 7" in r.stderr

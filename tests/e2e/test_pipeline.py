@@ -101,3 +101,22 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
     version = registry.get_version("e2e-news", version="2")
     assert version.tags["approved_by"] == "reviewer"
     assert "vs champion v1" in version.tags["fineship.gate_reasons"]
+
+
+def test_candidate_trained_on_shuffled_labels_is_rejected(prefect_harness, fineship_home, tiny_bert, tmp_path,
+                                                          sample_df):
+    from flows.training import training_flow
+
+    good = training_flow(_config(tiny_bert, **{"registry.auto_promote": "true", "training.epochs": 12,
+                                               "training.early_stopping_patience": 4}))
+    assert "champion" in good.registered.aliases
+    shuffled = tmp_path / "shuffled.csv"
+    sample_df.assign(label=sample_df.label.sample(frac=1, random_state=0).to_numpy()).to_csv(shuffled, index=False)
+    with pytest.raises(GateRejected) as err:
+        training_flow(_config(tiny_bert, **{"data.path": str(shuffled), "registry.auto_promote": "true",
+                                            "training.epochs": 12, "training.early_stopping_patience": 4,
+                                            "gate.margin": 0.02}))
+    assert "may be worse than the champion" in str(err.value)
+    registry = _registry(fineship_home)
+    assert registry.get_version("e2e-news", alias="champion").version == good.registered.version
+    assert [v.version for v in registry.list_versions("e2e-news")] == [good.registered.version]
