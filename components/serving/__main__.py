@@ -9,15 +9,22 @@ from components.serving.app import ServerOptions, serve
 
 
 def main() -> None:
+    defaults = ServerOptions()
     parser = argparse.ArgumentParser(description="fineship inference server (SageMaker contract)")
     parser.add_argument("--model-dir", required=True, help="model package directory")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms)
+    parser.add_argument("--head-timeout", type=float, default=defaults.head_timeout,
+                        help="seconds a client has to send its request headers")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
+                        help="seconds a client has to send its request body (then 408)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.model_dir, args.host, args.port, ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))
+    serve(args.model_dir, args.host, args.port,
+          ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, head_timeout=args.head_timeout,
+                        body_timeout=args.body_timeout))
 
 
 if __name__ == "__main__":

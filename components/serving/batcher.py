@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     """The batcher's queue is at capacity; the server answers 503."""
+
+
+class PredictionFailed(Exception):
+    """The model raised on a request's texts; the server answers 500 and keeps serving."""
 
 
 @dataclass
@@ -67,7 +71,7 @@ class MicroBatcher:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 jobs.append(job)
                 n += len(job.texts)
@@ -77,14 +81,34 @@ class MicroBatcher:
             texts = [t for j in live for t in j.texts]
             try:
                 preds = await loop.run_in_executor(self._executor, self.predict, texts)
-            except Exception as err:  # a model failure answers every waiting request, never hangs them
-                log.exception("prediction failed for a batch of %d texts", len(texts))
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(err)
+            except Exception:
+                log.exception("prediction failed for a batch of %d texts from %d requests", len(texts), len(live))
+                if len(live) > 1:
+                    # One request's texts must not fail the requests that happened to share its batch.
+                    for j in live:
+                        await self._run_alone(loop, j)
+                else:
+                    self._fail(live[0])
                 continue
             pos = 0
             for j in live:
                 if not j.future.done():
                     j.future.set_result(preds[pos:pos + len(j.texts)])
                 pos += len(j.texts)
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        if job.future.done():
+            return
+        try:
+            preds = await loop.run_in_executor(self._executor, self.predict, job.texts)
+        except Exception:
+            log.exception("prediction failed for a request of %d texts", len(job.texts))
+            self._fail(job)
+            return
+        if not job.future.done():
+            job.future.set_result(preds)
+
+    @staticmethod
+    def _fail(job: _Job) -> None:
+        if not job.future.done():
+            job.future.set_exception(PredictionFailed(f"the model failed on this request's {len(job.texts)} texts"))

@@ -1,7 +1,9 @@
 """Request parsing and response formatting shared by the HTTP server and `inference.py`.
 
 Speaks the SageMaker inference contract: JSON (`{"inputs": "text"}`, `{"inputs": [...]}`, a
-bare list), CSV (one text per row) and JSON Lines in; JSON or JSON Lines out.
+bare list), CSV (one text per row) and JSON Lines in; JSON or JSON Lines out. Every malformed
+body becomes a `RequestError` with a 4xx status, never another exception: one client's bad
+request must not turn into a 500 or reach the model.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from components.package import Prediction
 
@@ -48,7 +51,7 @@ def _texts_from(obj: Any) -> list[str]:
     if isinstance(obj, str):
         obj = [obj]
     if not isinstance(obj, list):
-        raise RequestError(400, '"inputs" must be a string or a list of strings')
+        raise RequestError(400, f'"inputs" must be a string or a list of strings, not {_json_kind(obj)}')
     if not obj:
         raise RequestError(400, '"inputs" is an empty list; send at least one text')
     texts = []
@@ -56,47 +59,94 @@ def _texts_from(obj: Any) -> list[str]:
         if isinstance(item, dict) and isinstance(item.get("text", item.get("inputs")), str):
             item = item.get("text", item.get("inputs"))
         if not isinstance(item, str):
-            raise RequestError(400, f"item {i} of inputs is a {type(item).__name__}, not a string")
+            raise RequestError(400, f"item {i} of inputs is {_json_kind(item)}, not a string")
         texts.append(item)
     return texts
 
 
-def parse_request(body: bytes, content_type: str | None) -> list[str]:
-    """Turn a request body into a list of texts, or raise `RequestError`."""
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"{where}invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
+        raise RequestError(400, f"{where}JSON is nested too deeply; send a flat list of texts") from None
+    except ValueError:  # an integer literal over Python's 4300-digit conversion limit
+        raise RequestError(400, f"{where}JSON holds a number with too many digits; send texts as strings") from None
+
+
+def _csv_texts(text: str) -> list[str]:
+    texts = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if not row or not any(field.strip() for field in row):
+                continue
+            if len(row) > 1:
+                # Taking the first field would silently cut "Hello, world" to "Hello".
+                raise RequestError(400, f"CSV line {reader.line_num} has {len(row)} fields; send one text per row "
+                                        'and quote texts that contain commas ("Hello, world")')
+            texts.append(row[0])
+    except csv.Error as err:  # unclosed quote at the end, a field over csv.field_size_limit(), ...
+        raise RequestError(400, f"the CSV body could not be read ({err}); send long texts as JSON") from None
+    return texts
+
+
+def parse_request(body: bytes | bytearray | str, content_type: str | None) -> list[str]:
+    """Turn a request body into a list of texts, or raise `RequestError`.
+
+    `body` may already be decoded: the SageMaker inference toolkit hands JSON and CSV bodies to
+    `input_fn` as `str`.
+    """
     media = _media_type(content_type) or JSON
     if media not in SUPPORTED_INPUT:
         raise RequestError(415, f"content type '{media}' is not supported; use one of {', '.join(SUPPORTED_INPUT)}")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError(400, "the body is not valid UTF-8; encode texts as UTF-8") from None
-    if media == JSON:
+    if isinstance(body, str):
+        text = body
+    else:
         try:
-            texts = _texts_from(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise RequestError(400, f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(400, f"the body is not valid UTF-8 (byte {err.start}); encode texts as UTF-8") from None
+    if not text.strip():
+        raise RequestError(400, "the body is empty; send at least one text")
+    if media == JSON:
+        texts = _texts_from(_loads(text, ""))
     elif media == JSONLINES:
         texts = []
-        for n, line in enumerate(text.splitlines(), start=1):
+        # Split on newlines only: str.splitlines() also splits on U+2028 and friends, which JSON allows
+        # unescaped inside strings.
+        for n, line in enumerate(text.split("\n"), start=1):
             if line.strip():
-                try:
-                    texts.extend(_texts_from(json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise RequestError(400, f"line {n} is not valid JSON: {err.msg}") from None
+                texts.extend(_texts_from(_loads(line, f"line {n}: ")))
         if not texts:
             raise RequestError(400, "the JSON Lines body holds no texts")
     else:
-        texts = [row[0] for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
+        texts = _csv_texts(text)
         if not texts:
             raise RequestError(400, "the CSV body holds no texts; send one text per row")
     if len(texts) > MAX_TEXTS:
         raise RequestError(413, f"{len(texts)} texts in one request; send at most {MAX_TEXTS}")
-    return [t[:MAX_TEXT_CHARS] for t in texts]
+    out = []
+    for i, t in enumerate(texts):
+        t = t[:MAX_TEXT_CHARS]
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: the tokenizer rejects it
+            raise RequestError(400, f"text {i} holds an unpaired UTF-16 surrogate escape; send valid Unicode") from None
+        out.append(t)
+    return out
 
 
 def negotiate(accept: str | None) -> str:
     """Pick the response type from an Accept header (JSON by default)."""
-    if not accept:
+    if not accept or not accept.strip():
         return JSON
     for part in accept.split(","):
         media = _media_type(part)
@@ -104,7 +154,7 @@ def negotiate(accept: str | None) -> str:
             return media
         if media in ("*/*", "application/*"):
             return JSON
-    raise RequestError(406, f"cannot answer in '{accept}'; accept one of {', '.join(SUPPORTED_OUTPUT)}")
+    raise RequestError(406, f"cannot answer in '{accept[:200]}'; accept one of {', '.join(SUPPORTED_OUTPUT)}")
 
 
 def format_response(preds: Sequence[Prediction], accept: str) -> bytes:
