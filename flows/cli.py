@@ -42,6 +42,7 @@ def _prepare_env() -> None:
     if settings.prefect_api_url:
         os.environ["PREFECT_API_URL"] = settings.prefect_api_url
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def _fail(err: Exception, code: int = 1) -> None:

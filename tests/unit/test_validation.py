@@ -63,7 +63,7 @@ def test_duplicates_are_a_warning_not_an_error(sample_df):
     dup = pd.concat([sample_df, sample_df.head(60).assign(text=lambda d: d.text.str.upper())], ignore_index=True)
     report = validate_frame(dup, _policy(), "dups")
     assert report.passed
-    assert [r.rule for r in report.warnings] == ["duplicate_rate"]
+    assert [r.rule for r in report.warnings] == ["duplicates"]
     assert report.warnings[0].unexpected_count == 120
 
 
