@@ -23,6 +23,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DriftConfig(_Section):
+    max_label_psi: float = Field(0.2, ge=0, description="Warn above this PSI of the label distribution.")
+    max_length_ks: float = Field(0.2, ge=0, le=1, description="Warn above this KS statistic of text lengths.")
+    max_oov_rate: float = Field(0.25, ge=0, le=1, description="Warn above this out-of-vocabulary token rate.")
+    label_set_change: Literal["error", "warning"] = Field(
+        "error", description="A label that appeared or vanished since the champion's data.")
+
+
 class DataConfig(_Section):
     path: str = Field("data/sample/news.csv", description="Training data: local path or s3://bucket/key.")
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = Field(
@@ -36,6 +44,12 @@ class DataConfig(_Section):
     validation_path: str | None = Field(None, description="Explicit validation file (skips the split for it).")
     test_path: str | None = Field(None, description="Explicit test file (skips the split for it).")
     min_examples_per_class: int = Field(5, ge=1, description="Fewer examples of any class is an error.")
+    max_chars: int = Field(100_000, ge=1, description="A longer text is an error (split or drop it).")
+    max_duplicate_rate: float = Field(0.5, ge=0, le=1, description="More duplicated rows than this is an error.")
+    max_imbalance_ratio: float = Field(20.0, ge=1, description="Warn when largest/smallest class exceeds this.")
+    max_truncated_share: float = Field(0.25, ge=0, le=1, description="Warn when more texts are cut at max_length.")
+    drift: DriftConfig = Field(default_factory=lambda: DriftConfig(),
+                               description="Drift thresholds against the champion's training data.")
 
     @field_validator("labels")
     @classmethod
@@ -53,6 +67,9 @@ class SplitConfig(_Section):
     validation: float = Field(0.1, ge=0, lt=1, description="Share of rows for validation (early stopping).")
     test: float = Field(0.1, gt=0, lt=1, description="Share of rows for the held-out test set.")
     seed: int = Field(42, description="Seed of the split; the same data and seed give the same split.")
+    near_duplicate_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard at which texts count as near-duplicates and share a split; "
+        "null disables near-duplicate grouping (exact duplicates are always grouped).")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -63,21 +80,91 @@ class SplitConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """How to fine-tune: model, optimisation, speed knobs, checkpoints and where the job runs."""
+
+    class SageMaker(_Section):
+        """A SageMaker training job (used when `training.backend` is 'sagemaker')."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True, title="SageMakerTrainingConfig")
+
+        image_uri: str | None = Field(
+            None, description="ECR URI of the fineship training image (docker/training.Dockerfile).")
+        role_arn: str | None = Field(None, description="IAM role the training job runs as.")
+        s3_prefix: str | None = Field(
+            None, description="s3://bucket/prefix for the job's inputs, model output and checkpoints.")
+        instance_type: str = Field("ml.m5.xlarge", description="Instance type, e.g. ml.g5.xlarge for one GPU.")
+        instance_count: int = Field(1, ge=1, le=64, description="Instances; more than one trains data-parallel.")
+        processes_per_host: int | None = Field(
+            None, ge=1, le=64, description="torchrun processes per instance; unset: one per GPU, 1 on CPU.")
+        use_spot: bool = Field(False, description="Managed spot training; checkpoints make interruptions resumable.")
+        checkpoint_s3_uri: str | None = Field(
+            None, description="Where /opt/ml/checkpoints is synced; unset: <s3_prefix>/checkpoints/<job name>.")
+        max_run_seconds: int = Field(6 * 3600, ge=60, description="Stopping condition: longest training time.")
+        max_wait_seconds: int | None = Field(
+            None, ge=60, description="Spot only: longest time including waiting for capacity (>= max_run_seconds).")
+        volume_size_gb: int = Field(30, ge=1, le=16384)
+        job_name_prefix: str = Field("fineship", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,30}$")
+        poll_seconds: float = Field(30.0, gt=0, description="Interval between job status checks.")
+        environment: dict[str, str] = Field(default_factory=dict, description="Extra environment of the container.")
+
+        @model_validator(mode="after")
+        def _spot_wait(self) -> TrainingConfig.SageMaker:
+            if self.max_wait_seconds is not None and self.max_wait_seconds < self.max_run_seconds:
+                raise ValueError("max_wait_seconds must be at least max_run_seconds (it includes the run time)")
+            for name in ("s3_prefix", "checkpoint_s3_uri"):
+                value = getattr(self, name)
+                if value is not None and not value.startswith("s3://"):
+                    raise ValueError(f"{name} must be an s3:// URI, got {value!r}")
+            return self
+
     model: str = Field(
         DEFAULT_MODEL,
         description="Hugging Face model id or local path; 'default' is the embedded all-MiniLM-L6-v2.",
     )
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
-    batch_size: int = Field(16, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch and per process.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches per optimizer step; the effective batch is "
+        "batch_size x gradient_accumulation_steps x processes.")
     learning_rate: float = Field(5e-5, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay (not on biases and norms).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up.")
     epochs: int = Field(3, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (shrink knob).")
-    max_grad_norm: float = Field(1.0, gt=0)
-    early_stopping_patience: int = Field(2, ge=1, description="Stop after this many epochs without validation gain.")
-    seed: int = 42
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: largest global L2 norm.")
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Also evaluate every N optimizer steps; unset: at the end of each epoch only.")
+    early_stopping_patience: int = Field(
+        2, ge=1, description="Stop after this many evaluations without validation gain.")
+    seed: int = Field(42, description="Seeds weights of the new head, dropout and batch order: same seed, same run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'bf16': bfloat16 autocast (fp32 master weights); 'auto': bf16 on CUDA devices that "
+        "support it and on CPUs with native bf16 instructions (measured faster: docs/benchmarks.md), else fp32.")
+    num_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads per process for torch ops; unset: the usable cores "
+        "divided by the processes on this host.")
+    interop_threads: int | None = Field(None, ge=1, le=1024, description="torch inter-op threads; unset: default.")
+    checkpoint_dir: str | None = Field(
+        None, description="Directory for resumable checkpoints (e.g. /opt/ml/checkpoints for SageMaker spot); "
+        "unset: no checkpoints.")
+    checkpoint_every_steps: int = Field(
+        200, ge=1, description="Checkpoint every N optimizer steps (and at the end of every epoch).")
+    keep_checkpoints: int = Field(2, ge=1, le=100, description="Newest checkpoints kept; older ones are deleted.")
+    resume: bool = Field(
+        True, description="Resume from the newest complete checkpoint in checkpoint_dir when there is one.")
+    backend: Literal["local", "sagemaker"] = Field(
+        "local", description="'local': train in this process (or under torchrun); 'sagemaker': a training job.")
+    sagemaker: SageMaker = Field(default_factory=lambda: TrainingConfig.SageMaker())
+
+    @model_validator(mode="after")
+    def _sagemaker_complete(self) -> TrainingConfig:
+        if self.backend == "sagemaker":
+            missing = [f"training.sagemaker.{k}" for k in ("image_uri", "role_arn", "s3_prefix")
+                       if not getattr(self.sagemaker, k)]
+            if missing:
+                raise ValueError(f"backend 'sagemaker' needs {', '.join(missing)}")
+        return self
 
 
 class GateConfig(_Section):

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict
 
 from components.config import PipelineConfig
 from components.data.io import DatasetRef
-from components.data.validation import ValidationPolicy
+from components.data.profile import DataProfile
+from components.data.validation import ValidationPolicy, ValidationReport
 from components.errors import DataValidationError, GateRejected
 from components.evaluation.gate import GateDecision
 from components.evaluation.metrics import EvaluationReport
@@ -22,6 +23,9 @@ from tasks.registry import download_package, register_model, verify_package_task
 from tasks.training import fine_tune
 
 
+PROFILE_ARTIFACT = "data/profile.json"
+
+
 class TrainingOutcome(BaseModel):
     """What one training run produced and decided."""
 
@@ -29,6 +33,7 @@ class TrainingOutcome(BaseModel):
 
     run_id: str
     dataset: DatasetRef
+    validation: ValidationReport
     split_digest: str
     package_dir: str
     candidate: EvaluationReport
@@ -83,33 +88,39 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
                                       "fineship.data_fingerprint": ref.fingerprint})
     registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
     try:
-        policy = ValidationPolicy(text_column=d.text_column, label_column=d.label_column, labels=d.labels,
-                                  min_examples_per_class=d.min_examples_per_class)
-        try:
-            report = validate_data(df, policy, ref.uri)
-            for name, extra in (("validation", validation_df), ("test", test_df)):
-                if extra is not None:
-                    validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
-        except DataValidationError as err:
-            if err.report is not None:
-                registry.log_dict(run_id, err.report.model_dump(), "validation/report.json")
-            raise
-        registry.log_dict(run_id, report.model_dump(), "validation/report.json")
+        policy = ValidationPolicy(
+            text_column=d.text_column, label_column=d.label_column, labels=d.labels,
+            min_examples_per_class=d.min_examples_per_class, max_chars=d.max_chars,
+            max_duplicate_rate=d.max_duplicate_rate, max_imbalance_ratio=d.max_imbalance_ratio,
+            max_length=config.training.max_length, max_truncated_share=d.max_truncated_share)
+        champion_version = registry.find_version(config.registry.model_name, "champion")
+        reference = None
+        if champion_version is not None and champion_version.run_id:
+            stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
+            reference = DataProfile.model_validate(stored) if stored else None
+        report, profile = validate_data(df, policy, ref.uri, config.training.model, reference, d.drift, uri, run_id)
+        for name, extra in (("validation", validation_df), ("test", test_df)):
+            if extra is not None:
+                validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
+        registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
         labels = list(d.labels) if d.labels else sorted(report.class_counts)
 
         sp = config.split
         splits = split_data(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
-                            validation_df, test_df)
-        registry.log_dict(run_id, splits.manifest.model_dump(), "data/split_manifest.json")
-        registry.set_tags(run_id, {"fineship.split_digest": splits.manifest.digest})
+                            validation_df, test_df, sp.near_duplicate_threshold)
+        m = splits.manifest
+        registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
+        registry.log_dataset_inputs(run_id, {k: splits.frame(k) for k in ("train", "validation", "test")}, ref.uri,
+                                    {k: f"{m.digest}-{k}" for k in ("train", "validation", "test")}, d.label_column)
+        registry.set_tags(run_id, {"fineship.split_digest": m.digest})
         registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
-                                     **{f"split.{k}_rows": v for k, v in splits.manifest.sizes.items()}})
+                                     "split.near_duplicate_threshold": sp.near_duplicate_threshold,
+                                     **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
 
         package_dir = str(settings.runs_dir / run_id / "package")
         trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id)
         candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
 
-        champion_version = registry.find_version(config.registry.model_name, "champion")
         champion = None
         if champion_version is not None:
             champ_dir = download_package(config.registry.model_name, champion_version.version,
@@ -132,6 +143,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
             "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
             "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
             "fineship.auto_promote": str(config.registry.auto_promote).lower(),
+            "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
         }
         card = _model_card(config, ref, candidate, decision, champion)
         registry.log_text(run_id, card, "model_card.md")
@@ -147,7 +159,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
         registry.end_run(run_id, "FAILED")
         raise
     logger.info("run %s registered %s v%s", run_id, registered.name, registered.version)
-    return TrainingOutcome(run_id=run_id, dataset=ref, split_digest=splits.manifest.digest,
+    return TrainingOutcome(run_id=run_id, dataset=ref, validation=report, split_digest=splits.manifest.digest,
                            package_dir=trained.package_dir, candidate=candidate, champion=champion,
                            decision=decision, registered=registered, smoke_texts=smoke_texts)
 

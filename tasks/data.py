@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -9,10 +12,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from components.config import DriftConfig
 from components.data.io import DatasetRef, read_dataset
+from components.data.profile import DataProfile, DriftPolicy, build_profile, compare_profiles
 from components.data.split import Splits, explicit_splits, split_frame
 from components.data.validation import ValidationPolicy, ValidationReport, validate_frame
 from components.errors import DataValidationError
+from components.registry.mlflow_registry import MlflowRegistry
 from tasks.common import artifact_key, md_table, retry_transient
 
 
@@ -39,35 +45,76 @@ def validation_markdown(report: ValidationReport) -> str:
             + "\n\n## Rows per class\n\n" + counts)
 
 
+def _tokenizer(model: str | None) -> Any | None:
+    """The training model's tokenizer, for the truncation rule; None (rule skipped) when it cannot load."""
+    if not model:
+        return None
+    from transformers import AutoTokenizer
+
+    from components.training.model_factory import resolve_model_path
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(model))
+    except (OSError, ValueError) as err:
+        get_run_logger().warning("truncation rule skipped: cannot load the tokenizer of %s (%s)", model, err)
+        return None
+
+
+def _log_docs(docs: Path, tracking_uri: str, run_id: str) -> None:
+    # The docs' bundled fonts and animated help images are 4 MB per run and not needed to read them.
+    for heavy in (docs / "static" / "fonts", *(docs / "static" / "images").glob("*.gif")):
+        shutil.rmtree(heavy, ignore_errors=True) if heavy.is_dir() else heavy.unlink(missing_ok=True)
+    MlflowRegistry(tracking_uri).log_dir(run_id, docs, "validation/data_docs")
+
+
 @task(name="validate-data", timeout_seconds=900, cache_policy=NO_CACHE)
-def validate_data(df: pd.DataFrame, policy: ValidationPolicy, dataset: str) -> ValidationReport:
-    """Run the GX suite; publish the report; raise `DataValidationError` when an error rule fails."""
-    report = validate_frame(df, policy, dataset)
+def validate_data(df: pd.DataFrame, policy: ValidationPolicy, dataset: str, tokenizer_model: str | None = None,
+                  reference: DataProfile | None = None, drift: DriftConfig | None = None,
+                  tracking_uri: str | None = None, run_id: str | None = None) -> tuple[ValidationReport, DataProfile | None]:
+    """Run the GX suite (and drift checks against `reference`); publish the report and Data Docs.
+
+    Returns the report and this data's profile; raises `DataValidationError` when an error rule fails.
+    """
+    logger = get_run_logger()
+    profile = None
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = Path(tmp) / "data_docs"
+        report = validate_frame(df, policy, dataset, _tokenizer(tokenizer_model), docs_dir=docs)
+        if report.passed:
+            profile = build_profile(df, policy.text_column, policy.label_column)
+            if reference is not None and drift is not None:
+                report = report.with_results(compare_profiles(
+                    reference, profile, df[policy.text_column], DriftPolicy(**drift.model_dump())))
+        if tracking_uri and run_id:
+            registry = MlflowRegistry(tracking_uri)
+            registry.log_dict(run_id, report.model_dump(), "validation/report.json")
+            if docs.is_dir():
+                _log_docs(docs, tracking_uri, run_id)
     create_markdown_artifact(validation_markdown(report), key=artifact_key("validation"),
                              description=f"Data validation of {dataset}")
-    logger = get_run_logger()
     for r in report.warnings:
         logger.warning("%s: %s", r.rule, r.message)
     if not report.passed:
         raise DataValidationError(report.summary(), report)
     logger.info("validation passed (%d rules, %d warnings)", len(report.results), len(report.warnings))
-    return report
+    return report, profile
 
 
 @task(name="split-data", timeout_seconds=900, cache_policy=NO_CACHE)
 def split_data(df: pd.DataFrame, text_col: str, label_col: str, train: float, validation: float, test: float,
-               seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None) -> Splits:
+               seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None,
+               near_duplicate_threshold: float | None = None) -> Splits:
     """Split deterministically (or apply explicit evaluation files); publish sizes per class."""
     if test_df is not None:
         splits = explicit_splits(df, validation_df, test_df, text_col, label_col, seed, validation)
     else:
-        splits = split_frame(df, text_col, label_col, train, validation, test, seed)
+        splits = split_frame(df, text_col, label_col, train, validation, test, seed, near_duplicate_threshold)
     m = splits.manifest
     classes = sorted({c for sizes in m.class_sizes.values() for c in sizes})
     create_table_artifact(
         [{"class": c, **{s: m.class_sizes[s].get(c, 0) for s in ("train", "validation", "test")}} for c in classes]
         + [{"class": "total", **m.sizes}],
         key=artifact_key("split"), description=f"Split sizes per class (seed {m.seed}, leakage {m.leakage}, "
-                                               f"digest {m.digest})")
+                                               f"{m.duplicate_groups} duplicate groups kept together, digest {m.digest})")
     get_run_logger().info("split %s, leakage %d, digest %s", m.sizes, m.leakage, m.digest)
     return splits

@@ -34,6 +34,7 @@ class SplitManifest(BaseModel):
     row_hashes: dict[str, list[str]]
     leakage: int  # normalised texts present in more than one split; always 0 for our own splits
     dropped_from_train: int = 0  # rows removed from train because an explicit eval file held them
+    duplicate_groups: int = 0  # groups of two or more exact or near-duplicate rows, each kept in one split
 
     @property
     def digest(self) -> str:
@@ -70,7 +71,7 @@ def _group_keys(norm: pd.Series, seed: int) -> pd.Series:
 
 
 def _manifest(frames: dict[str, pd.DataFrame], text_col: str, label_col: str, seed: int,
-              fractions: dict[str, float], dropped: int = 0) -> SplitManifest:
+              fractions: dict[str, float], dropped: int = 0, near_duplicate_groups: int = 0) -> SplitManifest:
     norms = {k: set(normalise_text(f[text_col])) for k, f in frames.items()}
     leakage = len((norms["train"] & norms["validation"]) | (norms["train"] & norms["test"])
                   | (norms["validation"] & norms["test"]))
@@ -83,42 +84,63 @@ def _manifest(frames: dict[str, pd.DataFrame], text_col: str, label_col: str, se
         row_hashes={k: sorted(_row_hash(normalise_text(f[text_col]), f[label_col].astype(str))) for k, f in frames.items()},
         leakage=leakage,
         dropped_from_train=dropped,
+        duplicate_groups=near_duplicate_groups,
     )
 
 
 def split_frame(df: pd.DataFrame, text_col: str, label_col: str, train: float, validation: float,
-                test: float, seed: int) -> Splits:
-    """Split `df` into train/validation/test, stratified by label, grouping duplicate texts."""
-    norm = normalise_text(df[text_col])
-    key = _group_keys(norm, seed)
-    work = pd.DataFrame({"norm": norm, "key": key, "label": df[label_col].astype(str)}, index=df.index)
-    # A duplicate group is one unit: it takes the majority label for stratification.
-    groups = work.groupby("norm", sort=False).agg(key=("key", "first"), label=("label", lambda s: s.mode().iat[0]),
-                                                  n=("key", "size"))
+                test: float, seed: int, near_duplicate_threshold: float | None = None) -> Splits:
+    """Split `df` into train/validation/test, stratified by label.
+
+    Exact duplicates (after normalisation) and, when `near_duplicate_threshold` is set, MinHash
+    near-duplicates form groups that never span two splits.
+    """
+    norm = normalise_text(df[text_col]).fillna("")
+    labels = df[label_col].astype(str)
+    group = _group_ids(norm, near_duplicate_threshold, seed)
+    # A group's identity is its smallest normalised text, so keys do not depend on row order.
+    anchor = norm.groupby(group).transform("min")
+    key = _group_keys(anchor, seed)
+    work = pd.DataFrame({"group": anchor, "key": key, "label": labels}, index=df.index)
+    groups = work.groupby("group", sort=False).agg(key=("key", "first"), label=("label", _majority),
+                                                   n=("key", "size"))
     assignment: dict[str, str] = {}
     for _, g in groups.groupby("label", sort=True):
         g = g.sort_values("key")
         total = int(g["n"].sum())
-        want_test = math.ceil(total * test) if total >= 3 else 0
+        want_test = math.ceil(total * test) if total >= 3 and test > 0 else 0
         want_val = math.ceil(total * validation) if total >= 3 and validation > 0 else 0
         taken = {"test": 0, "validation": 0}
-        for norm_text, row in g.iterrows():
-            if taken["test"] < want_test:
-                dest = "test"
-            elif taken["validation"] < want_val:
-                dest = "validation"
-            else:
-                dest = "train"
+        for name, n in zip(g.index, g["n"]):
+            dest = "test" if taken["test"] < want_test else "validation" if taken["validation"] < want_val else "train"
             if dest != "train":
-                taken[dest] += int(row["n"])
-            assignment[norm_text] = dest
-    dest = work["norm"].map(assignment)
+                taken[dest] += int(n)
+            assignment[name] = dest
+    dest = work["group"].map(assignment)
     # Order rows by content key inside each split so the frames do not depend on input order.
-    order = work.assign(dest=dest).sort_values(["key", "label"]).index
-    frames = {name: df.loc[[i for i in order if dest[i] == name]].reset_index(drop=True) for name in SPLITS}
-    manifest = _manifest(frames, text_col, label_col, seed, {"train": train, "validation": validation, "test": test})
+    ordered = work.assign(dest=dest, norm=norm).sort_values(["key", "norm", "label"])
+    frames = {name: df.loc[ordered.index[ordered["dest"] == name]].reset_index(drop=True) for name in SPLITS}
+    manifest = _manifest(frames, text_col, label_col, seed, {"train": train, "validation": validation, "test": test},
+                         near_duplicate_groups=int((work.groupby("group")["key"].size() > 1).sum()))
     log.info("split sizes %s, leakage %d", manifest.sizes, manifest.leakage)
     return Splits(train=frames["train"], validation=frames["validation"], test=frames["test"], manifest=manifest)
+
+
+def _majority(s: pd.Series) -> str:
+    counts = s.value_counts()
+    return str(counts.index[counts.to_numpy() == counts.max()].min())
+
+
+def _group_ids(norm: pd.Series, threshold: float | None, seed: int) -> pd.Series:
+    exact = norm.factorize()[0]
+    if threshold is None or len(norm) < 2:
+        return pd.Series(exact, index=norm.index)
+    from components.data.near_dup import near_duplicate_groups
+
+    uniques = sorted(set(norm))  # sorted: the grouping must not depend on row order
+    near = near_duplicate_groups(uniques, threshold, seed=seed)
+    by_text = dict(zip(uniques, near.tolist()))
+    return pd.Series([by_text[t] for t in norm], index=norm.index)
 
 
 def explicit_splits(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, test_df: pd.DataFrame,

@@ -111,6 +111,38 @@ class MlflowRegistry:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
+    def log_dataset_inputs(self, run_id: str, frames: dict[str, Any], source: str, digests: dict[str, str],
+                           target: str) -> None:
+        """Record each split as an MLflow dataset input of the run (context = split name)."""
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, frame in frames.items():
+            with warnings.catch_warnings():  # MLflow warns that a local path could be several source kinds
+                warnings.simplefilter("ignore")
+                ds = mlflow.data.from_pandas(frame, source=source, targets=target, name=name,
+                                             digest=digests.get(name))
+            inputs.append(DatasetInput(dataset=ds._to_mlflow_entity(),
+                                       tags=[InputTag(key="mlflow.data.context", value=name)]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def load_run_json(self, run_id: str, path: str) -> Any | None:
+        """A JSON artifact of a run, or None when the run has no such artifact."""
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except (MlflowException, OSError):
+                return None
+            return json.loads(Path(local).read_text())
+
+    def log_dir(self, run_id: str, path: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(path), artifact_path)
+
     # -- models ---------------------------------------------------------------------------
     def log_and_register(self, run_id: str, package_dir: str | Path, name: str, input_example: list[str],
                          pip_requirements: list[str], tags: dict[str, str], description: str = "",

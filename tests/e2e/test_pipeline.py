@@ -39,6 +39,13 @@ def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_h
     assert version.tags["fineship.split_digest"] == outcome.split_digest
     assert version.tags["fineship.data_fingerprint"] == outcome.dataset.fingerprint
     assert float(version.tags["metric.accuracy"]) == pytest.approx(outcome.candidate.accuracy, abs=1e-4)
+    registry = _registry(fineship_home)
+    artifacts = {f.path for f in registry.client.list_artifacts(outcome.run_id, "validation/data_docs")}
+    assert "validation/data_docs/index.html" in artifacts  # GX Data Docs, browsable from the MLflow run
+    assert registry.load_run_json(outcome.run_id, "data/profile.json")["rows"] == outcome.dataset.rows
+    inputs = registry.client.get_run(outcome.run_id).inputs.dataset_inputs
+    assert {i.tags[0].value for i in inputs} == {"train", "validation", "test"}
+    assert all(i.dataset.digest.startswith(outcome.split_digest) for i in inputs)
 
     record = deployment_flow(DeployRequest(model_name="e2e-news", alias="challenger", port=0))
     assert record.model_version == "1"
@@ -84,6 +91,10 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
     assert "champion" in first.registered.aliases
     second = training_flow(_config(tiny_bert, **{"registry.auto_promote": "false", "gate.margin": 0.5,
                                                  "gate.max_class_recall_drop": 1.0}))
+    # drift was checked against the champion's stored profile (same data: no drift)
+    drift = {r.rule: r for r in second.validation.results if r.rule.startswith("drift_")}
+    assert set(drift) == {"drift_label_set", "drift_label_distribution", "drift_text_length", "drift_vocabulary"}
+    assert all(r.success for r in drift.values())
     # the champion was re-scored on this run's own frozen test split
     assert second.champion is not None and second.champion.split_digest == second.candidate.split_digest
     assert second.decision.champion_version == "1"
@@ -120,3 +131,16 @@ def test_candidate_trained_on_shuffled_labels_is_rejected(prefect_harness, fines
     registry = _registry(fineship_home)
     assert registry.get_version("e2e-news", alias="champion").version == good.registered.version
     assert [v.version for v in registry.list_versions("e2e-news")] == [good.registered.version]
+
+
+def test_label_set_drift_against_champion_stops_the_run(prefect_harness, fineship_home, tiny_bert, tmp_path,
+                                                        sample_df):
+    from flows.training import training_flow
+
+    training_flow(_config(tiny_bert, **{"registry.auto_promote": "true", "training.max_steps": 5}))
+    renamed = tmp_path / "renamed.csv"
+    sample_df.assign(label=sample_df.label.replace({"tech": "science"})).to_csv(renamed, index=False)
+    with pytest.raises(DataValidationError, match="drift_label_set"):
+        training_flow(_config(tiny_bert, **{"data.path": str(renamed), "training.max_steps": 5,
+                                            "data.labels": "[business, entertainment, politics, sport, science]"}))
+    assert [v.version for v in _registry(fineship_home).list_versions("e2e-news")] == ["1"]

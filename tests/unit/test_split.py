@@ -46,3 +46,50 @@ def test_explicit_files_drop_overlap_from_train(sample_df):
     assert s.manifest.leakage == 0
     assert len(s.test) == 50
     assert len(s.train) + len(s.validation) == len(sample_df) - 50
+
+
+def _with_near_duplicates(sample_df):
+    edited = sample_df.head(60).assign(text=lambda d: d.text.str.replace(r"\.$", ", officials said.", regex=True))
+    return pd.concat([sample_df, edited], ignore_index=True), edited
+
+
+def _jaccard(a: str, b: str, k: int = 3) -> float:
+    def sh(t):
+        w = t.lower().split()
+        return {" ".join(w[i:i + k]) for i in range(len(w) - k + 1)}
+    x, y = sh(a), sh(b)
+    return len(x & y) / len(x | y)
+
+
+def _placement(s):
+    return {t: n for n in ("train", "validation", "test") for t in s.frame(n).text}
+
+
+def test_near_duplicates_stay_in_one_split(sample_df):
+    df, edited = _with_near_duplicates(sample_df)
+    pairs = [(a, b) for a, b in zip(sample_df.head(60).text, edited.text) if _jaccard(a, b) >= 0.75]
+    assert len(pairs) >= 20
+    grouped = _placement(split_frame(df, "text", "label", 0.8, 0.1, 0.1, 42, near_duplicate_threshold=0.6))
+    assert all(grouped[a] == grouped[b] for a, b in pairs)
+    plain = _placement(split_frame(df, "text", "label", 0.8, 0.1, 0.1, 42))
+    assert any(plain[a] != plain[b] for a, b in pairs)  # without grouping, near-duplicates leak
+
+
+def test_near_duplicate_split_ignores_row_order(sample_df):
+    df, _ = _with_near_duplicates(sample_df)
+    a = split_frame(df, "text", "label", 0.8, 0.1, 0.1, 42, near_duplicate_threshold=0.7)
+    b = split_frame(df.sample(frac=1, random_state=9), "text", "label", 0.8, 0.1, 0.1, 42, near_duplicate_threshold=0.7)
+    assert a.manifest == b.manifest
+
+
+def test_minhash_estimates_jaccard():
+    from components.data.near_dup import minhash_signatures, near_duplicate_groups
+
+    a = "the quick brown fox jumps over the lazy dog near the river bank today"
+    b = a + " again"
+    c = "completely different words about a football match in the rain tonight"
+    sig = minhash_signatures([a, b, c], num_perm=128)
+    assert (sig[0] == sig[1]).mean() > 0.8
+    assert (sig[0] == sig[2]).mean() < 0.2
+    g = near_duplicate_groups([a, b, c], threshold=0.8)
+    assert g[0] == g[1] != g[2]
