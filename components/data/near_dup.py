@@ -6,43 +6,59 @@ one group; the splitter keeps every group inside one split.
 
 from __future__ import annotations
 
-import zlib
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
 
-_PRIME = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
+_SHIFT = np.uint64(32)
 
 
 def _shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated crc32 hashes of each text's word k-shingles, and the offset of each text."""
-    hashes: list[int] = []
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    crc = zlib.crc32
-    for i, t in enumerate(texts):
-        words = t.split()
-        if len(words) < k:
-            shingles = [" ".join(words)] if words else [""]
-        else:
-            shingles = [" ".join(words[j:j + k]) for j in range(len(words) - k + 1)]
-        hashes.extend(crc(s.encode()) for s in shingles)
-        offsets[i + 1] = len(hashes)
-    return np.asarray(hashes, dtype=np.uint64), offsets
+    """Concatenated hashes of each text's word k-shingles, and the offset of each text's first shingle.
+
+    Words are mapped to integer ids once (pandas factorize); a shingle's hash mixes the ids of its k
+    words with numpy, so no per-shingle Python work is done. A text shorter than k words has one
+    shingle made of all its words.
+    """
+    import pandas as pd
+
+    split = [t.split() for t in texts]
+    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+    flat = list(chain.from_iterable(split))
+    ids = (pd.factorize(pd.Series(flat, dtype=object))[0].astype(np.uint64) + np.uint64(1)) if flat \
+        else np.zeros(0, dtype=np.uint64)
+    word_start = np.concatenate([[0], np.cumsum(lengths)])
+    n_shingles = np.maximum(lengths - k + 1, 1)
+    offsets = np.concatenate([[0], np.cumsum(n_shingles)])
+    # position of each shingle's first word in `ids`
+    text_of = np.repeat(np.arange(len(texts)), n_shingles)
+    first = word_start[text_of] + (np.arange(offsets[-1]) - offsets[text_of])
+    padded = np.concatenate([ids, np.zeros(k, dtype=np.uint64)])
+    h = np.zeros(offsets[-1], dtype=np.uint64)
+    for j in range(k):
+        # words past a short text's end count as id 0 (the padding word), never the next text's words
+        valid = (first + j) < word_start[text_of + 1]
+        part = np.where(valid, padded[np.minimum(first + j, len(padded) - 1)], np.uint64(0))
+        h = (h * np.uint64(1_000_003) + part) & _MASK32  # stays below 2**52: no overflow
+    return h, offsets
 
 
 def minhash_signatures(texts: Sequence[str], num_perm: int = 64, shingle: int = 3, seed: int = 0) -> np.ndarray:
     """(n_texts, num_perm) MinHash signatures of normalised texts."""
     hashes, offsets = _shingle_hashes(texts, shingle)
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, (1 << 31) - 1, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, (1 << 31) - 1, size=num_perm, dtype=np.uint64)
-    sig = np.empty((len(texts), num_perm), dtype=np.uint64)
+    # Multiply-shift hashing (Dietzfelbinger): odd 64-bit multipliers, arithmetic wraps mod 2**64,
+    # the high 32 bits are the permuted value. No modulus, so it is fast in numpy.
+    a = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
+    sig = np.empty((len(texts), num_perm), dtype=np.uint32)
     starts = offsets[:-1]
-    for j in range(num_perm):
-        # 32-bit hashes times 31-bit multipliers stay below 2**63: no overflow before the modulus.
-        permuted = (hashes * a[j] + b[j]) % _PRIME & _MASK32
-        sig[:, j] = np.minimum.reduceat(permuted, starts)
+    with np.errstate(over="ignore"):
+        for j in range(num_perm):
+            permuted = ((hashes * a[j] + b[j]) >> _SHIFT).astype(np.uint32)
+            sig[:, j] = np.minimum.reduceat(permuted, starts)
     return sig
 
 
@@ -87,4 +103,9 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.8, num_perm
             ri, rj = find(i), find(j)
             if ri != rj and np.mean(sig[i] == sig[j]) >= threshold:
                 parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)])
+    # Pointer jumping: every link points to a smaller index, so this converges to the roots.
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt

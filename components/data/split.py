@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -71,8 +71,10 @@ def _group_keys(norm: pd.Series, seed: int) -> pd.Series:
 
 
 def _manifest(frames: dict[str, pd.DataFrame], text_col: str, label_col: str, seed: int,
-              fractions: dict[str, float], dropped: int = 0, near_duplicate_groups: int = 0) -> SplitManifest:
-    norms = {k: set(normalise_text(f[text_col])) for k, f in frames.items()}
+              fractions: dict[str, float], dropped: int = 0, near_duplicate_groups: int = 0,
+              normed: dict[str, pd.Series] | None = None) -> SplitManifest:
+    normed = normed or {k: normalise_text(f[text_col]) for k, f in frames.items()}
+    norms = {k: set(v.dropna()) for k, v in normed.items()}
     leakage = len((norms["train"] & norms["validation"]) | (norms["train"] & norms["test"])
                   | (norms["validation"] & norms["test"]))
     return SplitManifest(
@@ -81,7 +83,7 @@ def _manifest(frames: dict[str, pd.DataFrame], text_col: str, label_col: str, se
         sizes={k: len(f) for k, f in frames.items()},
         class_sizes={k: {str(c): int(n) for c, n in f[label_col].astype(str).value_counts().sort_index().items()}
                      for k, f in frames.items()},
-        row_hashes={k: sorted(_row_hash(normalise_text(f[text_col]), f[label_col].astype(str))) for k, f in frames.items()},
+        row_hashes={k: sorted(_row_hash(normed[k], f[label_col].astype(str))) for k, f in frames.items()},
         leakage=leakage,
         dropped_from_train=dropped,
         duplicate_groups=near_duplicate_groups,
@@ -97,50 +99,60 @@ def split_frame(df: pd.DataFrame, text_col: str, label_col: str, train: float, v
     """
     norm = normalise_text(df[text_col]).fillna("")
     labels = df[label_col].astype(str)
-    group = _group_ids(norm, near_duplicate_threshold, seed)
     # A group's identity is its smallest normalised text, so keys do not depend on row order.
-    anchor = norm.groupby(group).transform("min")
-    key = _group_keys(anchor, seed)
-    work = pd.DataFrame({"group": anchor, "key": key, "label": labels}, index=df.index)
-    groups = work.groupby("group", sort=False).agg(key=("key", "first"), label=("label", _majority),
-                                                   n=("key", "size"))
-    assignment: dict[str, str] = {}
-    for _, g in groups.groupby("label", sort=True):
-        g = g.sort_values("key")
-        total = int(g["n"].sum())
-        want_test = math.ceil(total * test) if total >= 3 and test > 0 else 0
-        want_val = math.ceil(total * validation) if total >= 3 and validation > 0 else 0
-        taken = {"test": 0, "validation": 0}
-        for name, n in zip(g.index, g["n"]):
-            dest = "test" if taken["test"] < want_test else "validation" if taken["validation"] < want_val else "train"
-            if dest != "train":
-                taken[dest] += int(n)
-            assignment[name] = dest
-    dest = work["group"].map(assignment)
-    # Order rows by content key inside each split so the frames do not depend on input order.
-    ordered = work.assign(dest=dest, norm=norm).sort_values(["key", "norm", "label"])
-    frames = {name: df.loc[ordered.index[ordered["dest"] == name]].reset_index(drop=True) for name in SPLITS}
+    anchor = _group_anchors(norm, near_duplicate_threshold, seed)
+    group, anchors = pd.factorize(anchor)
+    group_key = _group_keys(pd.Series(anchors), seed).to_numpy()
+    # Integer ranks make every later sort and groupby cheap, and order by content, not by input.
+    key_rank = pd.Series(group_key).rank(method="dense").to_numpy().astype(np.int64)[group]
+    label_code, label_names = pd.factorize(labels, sort=True)
+    work = pd.DataFrame({"group": group, "key": key_rank, "label": label_code}, index=df.index)
+    groups = _group_table(work)
+    # Per class, in key order: a prefix of groups fills test, the next groups fill validation, the rest train.
+    total = groups.groupby("label")["n"].transform("sum")
+    small = total < 3  # too few rows to hold out any
+    want_test = np.where(small | (test <= 0), 0, np.ceil(total * test))
+    want_val = np.where(small | (validation <= 0), 0, np.ceil(total * validation))
+    before = groups.groupby("label")["n"].cumsum() - groups["n"]
+    in_test = before < want_test
+    test_taken = groups["n"].where(in_test, 0).groupby(groups["label"]).transform("sum")
+    in_val = ~in_test & (before - test_taken < want_val)
+    dest_of_group = np.empty(len(anchors), dtype=np.int8)
+    dest_of_group[groups.index.to_numpy()] = np.where(in_test, 2, np.where(in_val, 1, 0))
+    dest = dest_of_group[group]
+    # Order rows by content inside each split (group key, then text, then label).
+    norm_rank = pd.factorize(norm, sort=True)[0]
+    order = np.lexsort((label_code, norm_rank, key_rank))
+    rows = {name: order[dest[order] == code] for code, name in ((0, "train"), (1, "validation"), (2, "test"))}
+    frames = {name: df.iloc[idx].reset_index(drop=True) for name, idx in rows.items()}
+    sizes = np.bincount(group, minlength=len(anchors))
     manifest = _manifest(frames, text_col, label_col, seed, {"train": train, "validation": validation, "test": test},
-                         near_duplicate_groups=int((work.groupby("group")["key"].size() > 1).sum()))
+                         near_duplicate_groups=int((sizes > 1).sum()),
+                         normed={name: norm.iloc[idx].reset_index(drop=True) for name, idx in rows.items()})
     log.info("split sizes %s, leakage %d", manifest.sizes, manifest.leakage)
     return Splits(train=frames["train"], validation=frames["validation"], test=frames["test"], manifest=manifest)
 
 
-def _majority(s: pd.Series) -> str:
-    counts = s.value_counts()
-    return str(counts.index[counts.to_numpy() == counts.max()].min())
+def _group_table(work: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: majority label (ties: the smallest label), size and key, sorted by (label, key)."""
+    counts = work.groupby(["group", "label"], sort=False).size().rename("c").reset_index()
+    majority = counts.sort_values(["group", "c", "label"], ascending=[True, False, True]).drop_duplicates("group")
+    table = majority.set_index("group")[["label"]]
+    table["n"] = work.groupby("group", sort=False).size()
+    table["key"] = work.groupby("group", sort=False)["key"].first()
+    return table.sort_values(["label", "key"])
 
 
-def _group_ids(norm: pd.Series, threshold: float | None, seed: int) -> pd.Series:
-    exact = norm.factorize()[0]
+def _group_anchors(norm: pd.Series, threshold: float | None, seed: int) -> pd.Series:
+    """For each row, the smallest normalised text of its duplicate group (exact, or MinHash near-duplicate)."""
     if threshold is None or len(norm) < 2:
-        return pd.Series(exact, index=norm.index)
+        return norm
     from components.data.near_dup import near_duplicate_groups
 
-    uniques = sorted(set(norm))  # sorted: the grouping must not depend on row order
-    near = near_duplicate_groups(uniques, threshold, seed=seed)
-    by_text = dict(zip(uniques, near.tolist()))
-    return pd.Series([by_text[t] for t in norm], index=norm.index)
+    uniques = sorted(set(norm))  # sorted: grouping must not depend on row order, and roots are the smallest texts
+    roots = near_duplicate_groups(uniques, threshold, seed=seed)
+    by_text = {t: uniques[r] for t, r in zip(uniques, roots.tolist())}
+    return pd.Series([by_text[t] for t in norm.tolist()], index=norm.index, dtype=object)
 
 
 def explicit_splits(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, test_df: pd.DataFrame,

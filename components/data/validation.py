@@ -125,7 +125,9 @@ class _Rule:
 
 def normalise_text(s: pd.Series) -> pd.Series:
     """Lower-case and collapse whitespace: the identity used by duplicate and leakage checks."""
-    return s.astype("string").str.lower().str.replace(_WS, " ", regex=True).str.strip()
+    # str.split() with no argument splits on any unicode whitespace run and drops the ends.
+    return pd.Series([" ".join(t.lower().split()) if isinstance(t, str) else None for t in s.tolist()],
+                     index=s.index, dtype=object)
 
 
 def _rules(p: ValidationPolicy, with_tokens: bool, imbalance_floor: float, redundant: int) -> list[_Rule]:
