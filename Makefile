@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test test-all install lint clean
+.PHONY: demo test install lint clean up down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Set up and run the whole pipeline on the sample data with the embedded model.
-demo: $(STAMP)
+## Set up, start the local stack, and run the whole pipeline on the sample data with the embedded model.
+## The stack (Prefect UI, MLflow UI, endpoint) stays up for exploring; `make down` stops it.
+demo: $(STAMP) up
 	$(BIN)/fineship run --config flows/configs/demo.yaml
+
+## Start the local stack: Prefect server + process work pool + worker, MLflow server (127.0.0.1).
+up: $(STAMP)
+	$(BIN)/fineship stack up
+
+## Stop the local stack (worker first, then the servers, then local endpoints).
+down:
+	@if [ -x $(BIN)/fineship ]; then $(BIN)/fineship stack down; else echo "nothing to stop (no .venv)"; fi
 
 ## Set up and run the test suite (slow real-data tests run when RUN_SLOW=1).
 test: $(STAMP)

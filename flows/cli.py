@@ -15,8 +15,17 @@ from components.errors import FineshipError
 
 app = typer.Typer(help="fineship: labelled text in, a validated, gated, registered classifier on an endpoint out.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-endpoint_app = typer.Typer(help="Inspect and stop local endpoints.", no_args_is_help=True)
+endpoint_app = typer.Typer(help="Inspect, stop and delete local and SageMaker endpoints.", no_args_is_help=True)
 app.add_typer(endpoint_app, name="endpoint")
+
+
+def _add_stack_commands() -> None:
+    from flows.stack import stack_app
+
+    app.add_typer(stack_app, name="stack")
+
+
+_add_stack_commands()
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -41,6 +50,13 @@ def _prepare_env() -> None:
         os.environ.setdefault(k, v)
     if settings.prefect_api_url:
         os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+    else:
+        from flows.stack import read_state, stack_env
+
+        state = read_state()  # a running `make up` stack is used automatically
+        if state is not None:
+            for k, v in stack_env(state).items():
+                os.environ.setdefault(k, v)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
@@ -115,6 +131,11 @@ def run(
                f"   (n={outcome.candidate.n})")
     typer.echo(f"  gate:              {outcome.decision.summary()}")
     typer.echo(f"  registered model:  {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
+    if settings.mlflow_ui_url:
+        ui = settings.mlflow_ui_url.rstrip("/")
+        typer.echo(f"  MLflow UI:         {ui}/#/models/{reg.name}/versions/{reg.version}")
+    if os.environ.get("PREFECT_UI_URL"):
+        typer.echo(f"  Prefect UI:        {os.environ['PREFECT_UI_URL']}/runs")
     if not deploy or cfg.deploy.target == "none":
         return
     if "champion" not in reg.aliases:
@@ -136,6 +157,8 @@ def run(
     typer.echo(f"  sample prediction: {sample[:70]!r}")
     typer.echo(f"                     -> {pred['label']} (score {pred['score']:.3f}) over HTTP")
     typer.echo(f"  stop the endpoint: fineship endpoint stop {record.endpoint_name}")
+    if os.environ.get("PREFECT_UI_URL"):
+        typer.echo("  the stack (Prefect, MLflow, endpoint) keeps running; stop everything with: make down")
 
 
 @app.command()
@@ -193,11 +216,31 @@ def deploy(
     model: str = typer.Option(..., "--model", help="Registered model name."),
     version: Optional[str] = typer.Option(None, "--version", help="Version number."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias, e.g. champion."),
-    target: str = typer.Option("local", "--target", help="local"),
-    endpoint_name: str = typer.Option("fineship-local", "--endpoint-name"),
-    port: int = typer.Option(8080, "--port"),
+    target: str = typer.Option("local", "--target", help="local (a process on this machine) or sagemaker."),
+    endpoint_name: Optional[str] = typer.Option(
+        None, "--endpoint-name", help="Default: fineship-local; for sagemaker FINESHIP_SAGEMAKER_ENDPOINT_NAME, else "
+        "<FINESHIP_AWS_PROJECT>-<FINESHIP_AWS_ENVIRONMENT>."),
+    port: int = typer.Option(8080, "--port", help="Port of a local endpoint (0 picks a free one)."),
+    torchscript: bool = typer.Option(False, "--torchscript", help="sagemaker: ship the version's TorchScript export."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="sagemaker: print every AWS call the deployment would make "
+                                 "and change nothing."),
+    instance_type: str = typer.Option("ml.m5.large", "--instance-type", help="sagemaker: instance type."),
+    instance_count: int = typer.Option(1, "--instance-count", help="sagemaker: instance count."),
+    serverless_memory: Optional[int] = typer.Option(
+        None, "--serverless-memory", help="sagemaker: deploy serverless with this memory (1024..6144 MB, 1 GB steps)."),
+    serverless_concurrency: int = typer.Option(5, "--serverless-concurrency", help="sagemaker serverless: max "
+                                               "concurrent invocations (1..200)."),
+    strategy: str = typer.Option("all_at_once", "--strategy", help="sagemaker blue/green traffic shifting: "
+                                 "all_at_once, canary or linear."),
+    traffic_percent: int = typer.Option(25, "--traffic-percent", help="Canary size or linear step (percent)."),
+    wait_interval: int = typer.Option(300, "--wait-interval", help="Seconds of baking between traffic shifts, "
+                                      "watched by the rollback alarms."),
+    data_capture: Optional[int] = typer.Option(None, "--data-capture-percent", help="sagemaker: capture this "
+                                               "percentage of requests and responses to S3."),
+    wait_timeout: float = typer.Option(3600, "--wait-timeout", help="sagemaker: seconds to wait for InService "
+                                       "before rolling back."),
 ) -> None:
-    """Deploy a registered model version (by number or alias)."""
+    """Deploy a registered model version (by number or alias) to a local endpoint or to SageMaker."""
     _prepare_env()
     from pydantic import ValidationError
 
@@ -205,14 +248,32 @@ def deploy(
 
     try:
         request = DeployRequest(model_name=model, version=version, alias=alias, target=target,
-                                endpoint_name=endpoint_name, port=port)
+                                endpoint_name=endpoint_name, port=port, torchscript=torchscript, dry_run=dry_run,
+                                instance_type=instance_type, instance_count=instance_count,
+                                serverless_memory_mb=serverless_memory, serverless_max_concurrency=serverless_concurrency,
+                                strategy=strategy, traffic_percent=traffic_percent, wait_interval_seconds=wait_interval,
+                                data_capture_percent=data_capture, wait_timeout_seconds=wait_timeout)
     except ValidationError as err:
-        _fail(FineshipError("; ".join(e["msg"] for e in err.errors())), 2)
+        _fail(FineshipError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
+                                      for e in err.errors())), 2)
     try:
-        record = deployment_flow(request)
+        result = deployment_flow(request)
     except FineshipError as err:
         _fail(err, 4)
-    typer.echo(f"{record.model_name} v{record.model_version} serving at {record.url} (pid {record.pid})")
+    from components.deploy.sagemaker import DeploymentPlan, SageMakerDeploymentRecord
+
+    if isinstance(result, DeploymentPlan):
+        typer.echo(result.render(dry_run=True))
+        typer.echo(f"dry run: {len(result.mutating_calls)} changing calls planned, none made")
+    elif isinstance(result, SageMakerDeploymentRecord):
+        typer.echo(f"{result.model_name} v{result.model_version} serving on SageMaker endpoint {result.endpoint_name} "
+                   f"({result.region})")
+        typer.echo(f"  endpoint config: {result.endpoint_config}"
+                   + (f" (previous {result.previous_config}, kept for rollback)" if result.previous_config else ""))
+        typer.echo(f"  smoke test:      {result.smoke.agreed}/{result.smoke.n} predictions equal the registered model's")
+        typer.echo(f"  status:          fineship endpoint status {result.endpoint_name}")
+    else:
+        typer.echo(f"{result.model_name} v{result.model_version} serving at {result.url} (pid {result.pid})")
 
 
 def _registry():
@@ -274,29 +335,74 @@ def _state_dir() -> Path:
     return Settings().endpoints_dir
 
 
+def _sagemaker_clients(required: bool):
+    """SageMaker clients from the environment, or None when no region is configured (and none is required)."""
+    from components.deploy.sagemaker import AwsClients
+    from flows.settings import Settings
+
+    settings = Settings()
+    if not settings.aws_region:
+        if required:
+            _fail(FineshipError("no AWS region: set FINESHIP_AWS_REGION to reach SageMaker endpoints"), 2)
+        return None
+    return AwsClients.create(settings.aws_region, settings.aws_endpoint_url)
+
+
+TargetOpt = typer.Option("all", "--target", help="local, sagemaker or all.")
+
+
 @endpoint_app.command("list")
-def endpoint_list() -> None:
-    """List local endpoints and whether they are running."""
+def endpoint_list(target: str = TargetOpt) -> None:
+    """List local endpoints (running or not) and, with FINESHIP_AWS_REGION set, SageMaker endpoints."""
     from components.deploy.local import is_running, list_records
 
-    records = list_records(_state_dir())
-    if not records:
-        typer.echo("no endpoints")
-    for r in records:
-        state = "running" if is_running(r) else "stopped"
-        typer.echo(f"{r.endpoint_name:20s} {state:8s} {r.url:28s} {r.model_name} v{r.model_version}")
+    if target not in ("all", "local", "sagemaker"):
+        _fail(FineshipError(f"--target must be local, sagemaker or all, not {target}"), 2)
+    lines = []
+    if target in ("all", "local"):
+        for r in list_records(_state_dir()):
+            state = "running" if is_running(r) else "stopped"
+            lines.append(f"{r.endpoint_name:20s} {state:10s} {r.url:30s} {r.model_name} v{r.model_version}")
+    if target in ("all", "sagemaker"):
+        clients = _sagemaker_clients(required=target == "sagemaker")
+        if clients is not None:
+            from components.deploy.sagemaker import list_endpoints
+
+            try:
+                for e in list_endpoints(clients):
+                    where = f"sagemaker:{clients.sagemaker.meta.region_name}"
+                    model = f"{e.model_name} v{e.model_version}" if e.model_name else "(not deployed by fineship)"
+                    lines.append(f"{e.name:20s} {e.status:10s} {where:30s} {model}")
+            except Exception as err:  # noqa: BLE001 - AWS unreachable: still show the local endpoints
+                if target == "sagemaker":
+                    _fail(FineshipError(f"listing SageMaker endpoints failed: {err}"), 1)
+                typer.secho(f"warning: SageMaker endpoints not listed: {err}", fg=typer.colors.YELLOW, err=True)
+    typer.echo("\n".join(lines) if lines else "no endpoints")
 
 
 @endpoint_app.command("status")
-def endpoint_status(name: str = typer.Argument("fineship-local")) -> None:
-    """Show one endpoint's record and health."""
+def endpoint_status(name: str = typer.Argument("fineship-local"),
+                    target: str = typer.Option("auto", "--target", help="local, sagemaker, or auto (a local "
+                                               "endpoint of that name first).")) -> None:
+    """Show one endpoint: a local endpoint's record and health, or a SageMaker endpoint's description."""
     import httpx
 
     from components.deploy.local import is_running, read_record
 
-    r = read_record(_state_dir(), name)
+    r = read_record(_state_dir(), name) if target in ("auto", "local") else None
     if r is None:
-        _fail(FineshipError(f"no endpoint named {name}; see `fineship endpoint list`"), 1)
+        if target == "local" or _sagemaker_clients(required=target == "sagemaker") is None:
+            _fail(FineshipError(f"no endpoint named {name}; see `fineship endpoint list`"), 1)
+        from components.deploy.sagemaker import endpoint_status as describe_sagemaker
+
+        try:
+            info = describe_sagemaker(_sagemaker_clients(required=True), name)
+        except FineshipError as err:
+            _fail(err, 1)
+        typer.echo(json.dumps(info, indent=2))
+        typer.echo(f"status: {info['EndpointStatus']}" + (f" ({info['FailureReason']})" if info.get("FailureReason")
+                                                          else ""))
+        return
     health = "down"
     if is_running(r):
         try:
@@ -313,6 +419,35 @@ def endpoint_stop(name: str = typer.Argument("fineship-local")) -> None:
     from components.deploy.local import stop_endpoint
 
     typer.echo(f"stopped {name}" if stop_endpoint(_state_dir(), name) else f"{name} was not running")
+
+
+@endpoint_app.command("delete")
+def endpoint_delete(name: str = typer.Argument(..., help="Endpoint name."),
+                    target: str = typer.Option("auto", "--target", help="local, sagemaker, or auto (a local "
+                                               "endpoint of that name first)."),
+                    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Delete an endpoint: stop and forget a local one; delete a SageMaker endpoint with the configs and models
+    fineship made for it (model artifacts in S3 are kept)."""
+    from components.deploy.local import read_record, stop_endpoint
+
+    if target in ("auto", "local") and read_record(_state_dir(), name) is not None:
+        stop_endpoint(_state_dir(), name)
+        typer.echo(f"deleted local endpoint {name}")
+        return
+    if target == "local":
+        _fail(FineshipError(f"no local endpoint named {name}"), 1)
+    clients = _sagemaker_clients(required=True)
+    if not yes and not typer.confirm(f"Delete SageMaker endpoint {name} and its fineship configs and models?"):
+        raise typer.Exit(1)
+    from components.deploy.sagemaker import delete_endpoint
+
+    try:
+        deleted = delete_endpoint(clients, name)
+    except Exception as err:  # noqa: BLE001 - botocore errors carry the reason
+        _fail(FineshipError(f"deleting SageMaker endpoint {name} failed: {err}"), 1)
+    if not deleted:
+        _fail(FineshipError(f"no SageMaker endpoint named {name}; see `fineship endpoint list`"), 1)
+    typer.echo("deleted " + ", ".join(deleted))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,20 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(None, description="Prefect API URL; unset runs an ephemeral Prefect server.")
     aws_region: str | None = Field(None, description="AWS region for S3 and SageMaker.")
     aws_endpoint_url: str | None = Field(None, description="Override of every AWS endpoint (e.g. a local moto server).")
+    webhook_url: SecretStr | None = Field(None, description="Webhook notified of gate rejections and failed "
+                                          "deployments (kept secret: never logged).")
+    # SageMaker deployment: the outputs of the infra/aws/fineship.yaml stack (see infra/aws/README.md).
+    aws_project: str = Field("fineship", description="ProjectName of the infra/aws stack (names the rollback alarms).")
+    aws_environment: str = Field("dev", description="Environment of the infra/aws stack: dev, staging or prod.")
+    sagemaker_role_arn: str | None = Field(None, description="SageMakerExecutionRoleArn output: the role models run as.")
+    artifact_bucket: str | None = Field(None, description="ArtifactBucketName output: where model.tar.gz is uploaded.")
+    artifact_prefix: str = Field("fineship", description="ArtifactPrefix of the stack: the key prefix the role may read.")
+    image_uri: str | None = Field(None, description="Serving image (ServingRepositoryUri:tag); unset: the official "
+                                  "SageMaker PyTorch inference image for the region.")
+    sagemaker_endpoint_name: str | None = Field(None, description="SageMaker endpoint to deploy to; unset: "
+                                                "<aws_project>-<aws_environment>, the stack's default EndpointName.")
+    rollback_alarms: list[str] | None = Field(None, description="CloudWatch alarms a blue/green update rolls back on; "
+                                              "unset: the stack's 5xx and latency alarms of the endpoint.")
 
     @property
     def home_dir(self) -> Path:

@@ -16,8 +16,10 @@ from components.evaluation.metrics import EvaluationReport
 from components.provenance import config_hash, git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.review import auto_promote
+from flows.hooks import notify_failure
 from flows.settings import Settings
 from tasks.data import load_dataset, split_data, validate_data
+from tasks.locks import model_lock
 from tasks.evaluation import confusion_markdown, evaluate_model, gate
 from tasks.registry import download_package, register_model, verify_package_task
 from tasks.training import fine_tune
@@ -68,7 +70,19 @@ def _model_card(config: PipelineConfig, ref: DatasetRef, report: EvaluationRepor
               " scores. Check the data-validation report of the run before trusting a new dataset.")
 
 
-@flow(name="training", log_prints=True)
+def _link_runs(registry: MlflowRegistry, run_id: str, mlflow_ui_url: str | None) -> None:
+    """Tag the MLflow run with the Prefect flow run (id and URL) and link the MLflow run from Prefect."""
+    from prefect.artifacts import create_link_artifact
+
+    ui = flow_run.ui_url
+    if ui:
+        registry.set_tags(run_id, {"fineship.prefect_flow_run_url": ui})
+    run_url = registry.run_url(run_id, mlflow_ui_url)
+    if run_url:
+        create_link_artifact(run_url, link_text=f"MLflow run {run_id[:8]}", key="mlflow-run")
+
+
+@flow(name="training", log_prints=True, on_failure=[notify_failure])
 def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
     """Validate the data, train a candidate, evaluate it against the champion, gate it and register it."""
     logger = get_run_logger()
@@ -87,72 +101,75 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
                                       "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
                                       "fineship.data_fingerprint": ref.fingerprint})
     registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
+    _link_runs(registry, run_id, settings.mlflow_ui_url)
     try:
-        policy = ValidationPolicy(
-            text_column=d.text_column, label_column=d.label_column, labels=d.labels,
-            min_examples_per_class=d.min_examples_per_class, max_chars=d.max_chars,
-            max_duplicate_rate=d.max_duplicate_rate, max_imbalance_ratio=d.max_imbalance_ratio,
-            max_length=config.training.max_length, max_truncated_share=d.max_truncated_share)
-        champion_version = registry.find_version(config.registry.model_name, "champion")
-        reference = None
-        if champion_version is not None and champion_version.run_id:
-            stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
-            reference = DataProfile.model_validate(stored) if stored else None
-        report, profile = validate_data(df, policy, ref.uri, config.training.model, reference, d.drift, uri, run_id)
-        for name, extra in (("validation", validation_df), ("test", test_df)):
-            if extra is not None:
-                validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
-        registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
-        labels = list(d.labels) if d.labels else sorted(report.class_counts)
+        with model_lock(config.registry.model_name):  # runs for one model never race
+            policy = ValidationPolicy(
+                text_column=d.text_column, label_column=d.label_column, labels=d.labels,
+                min_examples_per_class=d.min_examples_per_class, max_chars=d.max_chars,
+                max_duplicate_rate=d.max_duplicate_rate, max_imbalance_ratio=d.max_imbalance_ratio,
+                max_length=config.training.max_length, max_truncated_share=d.max_truncated_share)
+            champion_version = registry.find_version(config.registry.model_name, "champion")
+            reference = None
+            if champion_version is not None and champion_version.run_id:
+                stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
+                reference = DataProfile.model_validate(stored) if stored else None
+            report, profile = validate_data(df, policy, ref.uri, config.training.model, reference, d.drift, uri, run_id)
+            for name, extra in (("validation", validation_df), ("test", test_df)):
+                if extra is not None:
+                    validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
+            registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
+            labels = list(d.labels) if d.labels else sorted(report.class_counts)
 
-        sp = config.split
-        splits = split_data(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
-                            validation_df, test_df, sp.near_duplicate_threshold)
-        m = splits.manifest
-        registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
-        registry.log_dataset_inputs(run_id, {k: splits.frame(k) for k in ("train", "validation", "test")}, ref.uri,
-                                    {k: f"{m.digest}-{k}" for k in ("train", "validation", "test")}, d.label_column)
-        registry.set_tags(run_id, {"fineship.split_digest": m.digest})
-        registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
-                                     "split.near_duplicate_threshold": sp.near_duplicate_threshold,
-                                     **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
+            sp = config.split
+            splits = split_data(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
+                                validation_df, test_df, sp.near_duplicate_threshold)
+            m = splits.manifest
+            registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
+            registry.log_dataset_inputs(run_id, {k: splits.frame(k) for k in ("train", "validation", "test")}, ref.uri,
+                                        {k: f"{m.digest}-{k}" for k in ("train", "validation", "test")}, d.label_column)
+            registry.set_tags(run_id, {"fineship.split_digest": m.digest})
+            registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
+                                         "split.near_duplicate_threshold": sp.near_duplicate_threshold,
+                                         **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
 
-        package_dir = str(settings.runs_dir / run_id / "package")
-        trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id)
-        candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
+            package_dir = str(settings.runs_dir / run_id / "package")
+            trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id)
+            candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
 
-        champion = None
-        if champion_version is not None:
-            champ_dir = download_package(config.registry.model_name, champion_version.version,
-                                         str(settings.runs_dir / run_id / "champion"), uri)
-            champion = evaluate_model(champ_dir, splits, d.text_column, d.label_column, "champion", uri, run_id)
-        decision = gate(candidate, champion, config.gate, champion_version.version if champion_version else None,
-                        uri, run_id)
-        smoke_texts = splits.test[d.text_column].head(5).tolist()
-        if not decision.passed:
+            champion = None
+            if champion_version is not None:
+                champ_dir = download_package(config.registry.model_name, champion_version.version,
+                                             str(settings.runs_dir / run_id / "champion"), uri)
+                champion = evaluate_model(champ_dir, splits, d.text_column, d.label_column, "champion", uri, run_id)
+            decision = gate(candidate, champion, config.gate, champion_version.version if champion_version else None,
+                            uri, run_id)
+            smoke_texts = splits.test[d.text_column].head(5).tolist()
+            if not decision.passed:
+                registry.end_run(run_id, "FINISHED")
+                raise GateRejected(decision.summary() + "; nothing was registered", decision)
+
+            verify_package_task(trained.package_dir, smoke_texts)
+            tags = {
+                "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": splits.manifest.digest,
+                "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
+                "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
+                "fineship.labels": ",".join(labels), "fineship.base_model": config.training.model,
+                **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
+                "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
+                "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
+                "fineship.auto_promote": str(config.registry.auto_promote).lower(),
+                "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
+            }
+            card = _model_card(config, ref, candidate, decision, champion)
+            registry.log_text(run_id, card, "model_card.md")
+            registered = register_model(trained.package_dir, config.registry.model_name, run_id, smoke_texts, tags,
+                                        card, uri, settings.mlflow_ui_url,
+                                    idempotency_key=f"prefect-flow-run:{flow_run.root_flow_run_id or flow_run.id}")
+            if config.registry.auto_promote:
+                auto_promote(registry, registered.name, registered.version)
+                registered = registry.get_version(registered.name, version=registered.version)
             registry.end_run(run_id, "FINISHED")
-            raise GateRejected(decision.summary() + "; nothing was registered", decision)
-
-        verify_package_task(trained.package_dir, smoke_texts)
-        tags = {
-            "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": splits.manifest.digest,
-            "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
-            "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
-            "fineship.labels": ",".join(labels), "fineship.base_model": config.training.model,
-            **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
-            "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
-            "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
-            "fineship.auto_promote": str(config.registry.auto_promote).lower(),
-            "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
-        }
-        card = _model_card(config, ref, candidate, decision, champion)
-        registry.log_text(run_id, card, "model_card.md")
-        registered = register_model(trained.package_dir, config.registry.model_name, run_id, smoke_texts, tags,
-                                    card, uri, settings.mlflow_ui_url)
-        if config.registry.auto_promote:
-            auto_promote(registry, registered.name, registered.version)
-            registered = registry.get_version(registered.name, version=registered.version)
-        registry.end_run(run_id, "FINISHED")
     except GateRejected:
         raise
     except BaseException:

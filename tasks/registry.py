@@ -18,11 +18,12 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "tokenizers==0.23.3
 @task(name="register-model", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_transient,
       timeout_seconds=900, cache_policy=NO_CACHE)
 def register_model(package_dir: str, name: str, run_id: str, input_example: list[str], tags: dict[str, str],
-                   description: str, tracking_uri: str, mlflow_ui_url: str | None = None) -> RegisteredVersion:
-    """Log the package to the run and register it as a new version with alias `challenger`."""
+                   description: str, tracking_uri: str, mlflow_ui_url: str | None = None,
+                   idempotency_key: str | None = None) -> RegisteredVersion:
+    """Log the package to the run and register it as a new version with alias `challenger` (once per key)."""
     registry = MlflowRegistry(tracking_uri)
     version = registry.log_and_register(run_id, package_dir, name, input_example, PIP_REQUIREMENTS, tags,
-                                        description, aliases=("challenger",))
+                                        description, aliases=("challenger",), idempotency_key=idempotency_key)
     create_markdown_artifact(
         f"# Registered `{name}` version {version.version}\n\nAliases: {', '.join(version.aliases) or 'none'}; "
         f"MLflow run `{run_id}`.", key=artifact_key("registered-version"), description="Registered model version")

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
 MODEL_ARTIFACT = "model"
+IDEMPOTENCY_TAG = "fineship.idempotency_key"
 
 
 class RegisteredVersion(BaseModel):
@@ -144,10 +145,26 @@ class MlflowRegistry:
         self.client.log_artifacts(run_id, str(path), artifact_path)
 
     # -- models ---------------------------------------------------------------------------
+    def find_by_tag(self, name: str, key: str, value: str) -> RegisteredVersion | None:
+        """The newest version of `name` whose tag `key` equals `value`, if any."""
+        if not self._registered_model_exists(name):
+            return None
+        return next((v for v in self.list_versions(name) if v.tags.get(key) == value), None)
+
     def log_and_register(self, run_id: str, package_dir: str | Path, name: str, input_example: list[str],
                          pip_requirements: list[str], tags: dict[str, str], description: str = "",
-                         aliases: tuple[str, ...] = ()) -> RegisteredVersion:
-        """Log the package as a pyfunc model of the run and register it as a new version of `name`."""
+                         aliases: tuple[str, ...] = (), idempotency_key: str | None = None) -> RegisteredVersion:
+        """Log the package as a pyfunc model of the run and register it as a new version of `name`.
+
+        With an `idempotency_key`, a version already registered under that key is returned instead of
+        registering a second one (a flow run retried after a crash registers once).
+        """
+        if idempotency_key:
+            existing = self.find_by_tag(name, IDEMPOTENCY_TAG, idempotency_key)
+            if existing is not None:
+                log.info("%s v%s already registered for key %s", name, existing.version, idempotency_key)
+                return existing
+            tags = {**tags, IDEMPOTENCY_TAG: idempotency_key}
         import mlflow
         import pandas as pd
         from mlflow.models import ModelSignature
