@@ -93,8 +93,13 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
     s3 = settings.s3_client() if any(p and p.startswith("s3://") for p in (d.path, d.validation_path, d.test_path)) else None
 
     df, ref = load_dataset(d.path, d.format, s3)
-    validation_df = load_dataset(d.validation_path, d.format, s3)[0] if d.validation_path else None
-    test_df = load_dataset(d.test_path, d.format, s3)[0] if d.test_path else None
+    extra_refs: dict[str, DatasetRef] = {}
+    validation_df = test_df = None
+    if d.validation_path:
+        validation_df, extra_refs["validation"] = load_dataset(d.validation_path, d.format, s3)
+    if d.test_path:
+        test_df, extra_refs["test"] = load_dataset(d.test_path, d.format, s3)
+    docs_root = settings.home_dir / "cache" / "data_docs"
 
     run_id = registry.start_run(config.registry.experiment, run_name=f"train-{config.registry.model_name}",
                                 tags={"fineship.prefect_flow_run_id": str(flow_run.get_id() or ""),
@@ -114,15 +119,18 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
             if champion_version is not None and champion_version.run_id:
                 stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
                 reference = DataProfile.model_validate(stored) if stored else None
-            report, profile = validate_data(df, policy, ref.uri, config.training.model, reference, d.drift, uri, run_id)
+            report, profile = validate_data(df, ref.fingerprint, policy, ref.uri, docs_root, config.training.model,
+                                                reference, d.drift, uri, run_id)
             for name, extra in (("validation", validation_df), ("test", test_df)):
                 if extra is not None:
-                    validate_data(extra, policy.model_copy(update={"min_examples_per_class": 1}), f"{name} file")
+                    validate_data(extra, extra_refs[name].fingerprint, policy.model_copy(update={"min_examples_per_class": 1}),
+                                      f"{name} file", docs_root)
             registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
             labels = list(d.labels) if d.labels else sorted(report.class_counts)
 
             sp = config.split
-            splits = split_data(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
+            splits = split_data(df, ":".join(r.fingerprint for r in (ref, *extra_refs.values())), d.text_column,
+                                d.label_column, sp.train, sp.validation, sp.test, sp.seed,
                                 validation_df, test_df, sp.near_duplicate_threshold)
             m = splits.manifest
             registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
@@ -134,7 +142,8 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
                                          **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
 
             package_dir = str(settings.runs_dir / run_id / "package")
-            trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id)
+            trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id,
+                                settings.aws_region, settings.aws_endpoint_url)
             candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
 
             champion = None

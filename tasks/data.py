@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from components.config import DriftConfig
 from components.data.io import DatasetRef, read_dataset
@@ -67,42 +68,70 @@ def _log_docs(docs: Path, tracking_uri: str, run_id: str) -> None:
     MlflowRegistry(tracking_uri).log_dir(run_id, docs, "validation/data_docs")
 
 
-@task(name="validate-data", timeout_seconds=900, cache_policy=NO_CACHE)
-def validate_data(df: pd.DataFrame, policy: ValidationPolicy, dataset: str, tokenizer_model: str | None = None,
-                  reference: DataProfile | None = None, drift: DriftConfig | None = None,
-                  tracking_uri: str | None = None, run_id: str | None = None) -> tuple[ValidationReport, DataProfile | None]:
-    """Run the GX suite (and drift checks against `reference`); publish the report and Data Docs.
+# Deterministic steps are cached on the data's content hash: the frames themselves are excluded from the
+# cache key and their fingerprints passed in their place.
+DATA_CACHE = (INPUTS - "df" - "validation_df" - "test_df") + TASK_SOURCE
 
-    Returns the report and this data's profile; raises `DataValidationError` when an error rule fails.
-    """
-    logger = get_run_logger()
+
+@task(name="check-data", timeout_seconds=900, cache_policy=DATA_CACHE, persist_result=True,
+      cache_expiration=timedelta(days=7))
+def check_data(df: pd.DataFrame, fingerprint: str, policy: ValidationPolicy, dataset: str,
+               tokenizer_model: str | None, reference: DataProfile | None, drift: DriftConfig | None,
+               docs_dir: str) -> tuple[ValidationReport, DataProfile | None]:
+    """Run the GX suite (and drift checks against `reference`) and profile the data; Data Docs go to `docs_dir`."""
+    report = validate_frame(df, policy, dataset, _tokenizer(tokenizer_model), docs_dir=docs_dir)
     profile = None
-    with tempfile.TemporaryDirectory() as tmp:
-        docs = Path(tmp) / "data_docs"
-        report = validate_frame(df, policy, dataset, _tokenizer(tokenizer_model), docs_dir=docs)
-        if report.passed:
-            profile = build_profile(df, policy.text_column, policy.label_column)
-            if reference is not None and drift is not None:
-                report = report.with_results(compare_profiles(
-                    reference, profile, df[policy.text_column], DriftPolicy(**drift.model_dump())))
-        if tracking_uri and run_id:
-            registry = MlflowRegistry(tracking_uri)
-            registry.log_dict(run_id, report.model_dump(), "validation/report.json")
-            if docs.is_dir():
+    if report.passed:
+        profile = build_profile(df, policy.text_column, policy.label_column)
+        if reference is not None and drift is not None:
+            report = report.with_results(compare_profiles(
+                reference, profile, df[policy.text_column], DriftPolicy(**drift.model_dump())))
+    return report, profile
+
+
+@task(name="publish-validation", timeout_seconds=300, cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+def publish_validation(report: ValidationReport, tracking_uri: str | None = None, run_id: str | None = None) -> None:
+    """Publish the report (Prefect artifact, MLflow run with Data Docs); raise when an error rule failed."""
+    logger = get_run_logger()
+    if tracking_uri and run_id:
+        MlflowRegistry(tracking_uri).log_dict(run_id, report.model_dump(), "validation/report.json")
+        if report.docs_dir and Path(report.docs_dir).is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                docs = Path(tmp) / "data_docs"
+                shutil.copytree(report.docs_dir, docs)
                 _log_docs(docs, tracking_uri, run_id)
     create_markdown_artifact(validation_markdown(report), key=artifact_key("validation"),
-                             description=f"Data validation of {dataset}")
+                             description=f"Data validation of {report.dataset}")
     for r in report.warnings:
         logger.warning("%s: %s", r.rule, r.message)
     if not report.passed:
         raise DataValidationError(report.summary(), report)
     logger.info("validation passed (%d rules, %d warnings)", len(report.results), len(report.warnings))
+
+
+def validate_data(df: pd.DataFrame, fingerprint: str, policy: ValidationPolicy, dataset: str, docs_root: Path,
+                  tokenizer_model: str | None = None, reference: DataProfile | None = None,
+                  drift: DriftConfig | None = None, tracking_uri: str | None = None,
+                  run_id: str | None = None) -> tuple[ValidationReport, DataProfile | None]:
+    """Check (cached on the content hash) then publish; raises `DataValidationError` on an error rule."""
+    docs_dir = str(docs_root / f"{fingerprint[:16]}-{_policy_hash(policy, reference)}")
+    report, profile = check_data(df, fingerprint, policy, dataset, tokenizer_model, reference, drift, docs_dir)
+    publish_validation(report, tracking_uri, run_id)
     return report, profile
 
 
-@task(name="split-data", timeout_seconds=900, cache_policy=NO_CACHE)
-def split_data(df: pd.DataFrame, text_col: str, label_col: str, train: float, validation: float, test: float,
-               seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None,
+def _policy_hash(policy: ValidationPolicy, reference: DataProfile | None) -> str:
+    from components.provenance import config_hash
+
+    return config_hash({"policy": policy.model_dump(mode="json"),
+                        "reference": reference.model_dump(mode="json") if reference else None})[:12]
+
+
+@task(name="split-data", timeout_seconds=900, cache_policy=DATA_CACHE, persist_result=True,
+      cache_expiration=timedelta(days=7))
+def split_data(df: pd.DataFrame, fingerprints: str, text_col: str, label_col: str, train: float, validation: float,
+               test: float, seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None,
                near_duplicate_threshold: float | None = None) -> Splits:
     """Split deterministically (or apply explicit evaluation files); publish sizes per class."""
     if test_df is not None:

@@ -76,9 +76,13 @@ def test_invalid_data_stops_before_training(prefect_harness, fineship_home, tiny
 def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_bert):
     from flows.training import training_flow
 
-    with pytest.raises(GateRejected, match="nothing was registered"):
-        training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0}))
+    before = {name: _cached_task_runs(name) for name in ("check-data", "split-data")}
+    for _ in range(2):
+        with pytest.raises(GateRejected, match="nothing was registered"):
+            training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0, "training.max_steps": 3}))
     assert _registry(fineship_home).find_version("e2e-news", "challenger") is None
+    # the second run's validation and split came from the cache keyed on the data's content hash
+    assert {name: _cached_task_runs(name) - n for name, n in before.items()} == {"check-data": 1, "split-data": 1}
 
 
 def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_harness, fineship_home, tiny_bert):
@@ -144,3 +148,12 @@ def test_label_set_drift_against_champion_stops_the_run(prefect_harness, fineshi
         training_flow(_config(tiny_bert, **{"data.path": str(renamed), "training.max_steps": 5,
                                             "data.labels": "[business, entertainment, politics, sport, science]"}))
     assert [v.version for v in _registry(fineship_home).list_versions("e2e-news")] == ["1"]
+
+
+def _cached_task_runs(name: str) -> int:
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+    return sum(1 for r in runs if r.state and r.state.name == "Cached")
