@@ -126,8 +126,9 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = Tr
     services: list[Service] = []
 
     api = f"http://127.0.0.1:{prefect_port}/api"
+    # The UI is told where its API lives; otherwise it assumes port 4200.
     proc, log = _spawn("prefect-server", [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                          "--port", str(prefect_port)], env)
+                                          "--port", str(prefect_port)], {**env, "PREFECT_UI_API_URL": api})
     _wait(f"{api}/health", proc, log, "the Prefect server")
     services.append(Service(name="prefect-server", pid=proc.pid, url=api.removesuffix("/api"), log=str(log)))
 
