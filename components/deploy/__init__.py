@@ -1,1 +1,1 @@
-"""Deploy stage: local endpoint processes (and, later, SageMaker)."""
+"""Deploy stage: local endpoint processes (`local`) and SageMaker endpoints with blue/green updates (`sagemaker`)."""

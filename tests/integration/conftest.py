@@ -25,9 +25,12 @@ import pytest
 
 from tests.support.moto_server import aws_env_to_unset, boto3_env, moto_server, reset_moto
 
-# Modules imported into the shared moto server process before it serves, e.g.
-# "tests.support.moto_sagemaker_patches". One list, so every integration test sees the same server.
-MOTO_SERVER_PLUGINS: tuple[str, ...] = ()
+# Modules imported into the shared moto server process before it serves. One list, so every
+# integration test sees the same server:
+# - moto_sagemaker_invoke: InvokeEndpoint runs the model.tar.gz the endpoint serves (real predictions);
+# - moto_sagemaker_update: UpdateEndpoint, Creating/Updating -> InService|Failed lifecycles, CreateModel
+#   role and model-data checks, fault injection (see each module's docstring).
+MOTO_SERVER_PLUGINS: tuple[str, ...] = ("tests.support.moto_sagemaker_invoke", "tests.support.moto_sagemaker_update")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,408 @@
+"""SageMaker deployment over HTTP against the session's moto server, with tests/support/moto_sagemaker_* loaded.
+
+The moto plugins add UpdateEndpoint and Creating/Updating lifecycles, check CreateModel's role and
+model data like AWS, and answer InvokeEndpoint from the model.tar.gz the endpoint actually serves
+(a container stand-in runs its `code/inference.py`). So "the endpoint answers like the registered
+model" is checked for real: predictions made from the uploaded artifact against predictions made
+locally from the registry's package.
+
+Two models are used: A, a 5-label classifier on the tiny random BERT, and B, the same network with
+one class bias raised so that some held-out predictions differ (which version serves shows in its
+answers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from components.deploy.sagemaker import (
+    AwsClients,
+    DeploymentStepError,
+    SageMakerTarget,
+    deploy_to_sagemaker,
+    rollback_alarm_names,
+)
+from components.errors import DeploymentError
+from components.provenance import git_commit
+from tests.support.tiny import REPO
+
+REGION = "us-east-1"
+BUCKET = "fineship-dev-artifacts-test"
+ROLE_NAME = "fineship-dev-sagemaker-execution"
+MODEL = "sm-news"
+FAULT_MODEL = "sm-faults"
+FAULTS_EP = "faults-ep"
+COMMIT = git_commit(REPO)  # what the flow records, so equal packages give equal archives (and share a container)
+TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+                                                 "Action": "sts:AssumeRole"}]}
+# Fast timings for moto: poll every 0.2 s, no baking, no termination wait.
+FAST = {"poll_seconds": 0.2, "wait_timeout_seconds": 120, "rollback_timeout_seconds": 120,
+        "wait_interval_seconds": 0, "termination_wait_seconds": 0}
+
+
+def _moto_api(url: str, path: str, body: dict | None = None, method: str = "POST") -> None:
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status in (200, 201), r.read()
+
+
+@pytest.fixture(scope="module")
+def aws(moto_endpoint: str):
+    """The account as infra/aws/fineship.yaml leaves it: artifact bucket and the SageMaker execution role."""
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    s3.create_bucket(Bucket=BUCKET)
+    try:
+        role_arn = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        role_arn = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
+    return SimpleNamespace(url=moto_endpoint, role_arn=role_arn, clients=AwsClients.create(REGION, moto_endpoint),
+                           cloudwatch=boto3.client("cloudwatch"))
+
+
+def _alarms(aws, endpoint: str) -> tuple[str, str]:
+    """The stack's two rollback alarms for `endpoint` (moto's CloudFormation skips alarms: put them directly)."""
+    names = rollback_alarm_names("fineship", "dev", endpoint)
+    for name, metric, stat in zip(names, ("Invocation5XXErrors", "ModelLatency"), ("Sum", "Average")):
+        aws.cloudwatch.put_metric_alarm(
+            AlarmName=name, Namespace="AWS/SageMaker", MetricName=metric, Statistic=stat, Period=60,
+            EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="notBreaching",
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}])
+    return names
+
+
+@pytest.fixture(scope="module")
+def texts(sample_df) -> list[str]:
+    """Held-out examples: one text per class."""
+    return sample_df.groupby("label").head(1).text.tolist()
+
+
+def _classifier_package(tiny_bert: Path, out: Path, seed: int, bias: dict[int, float] | None = None) -> Path:
+    """A 5-label package on the tiny BERT: random classifier head (seeded), optional bias offsets."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from components.package import PackageMeta, save_package
+    from tests.support.tiny import LABELS
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=len(LABELS),
+                                                          ignore_mismatched_sizes=True)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)  # spread the logits so that texts get different labels
+        for i, offset in (bias or {}).items():
+            model.classifier.bias[i] += offset
+    return save_package(model, AutoTokenizer.from_pretrained(tiny_bert), out,
+                        PackageMeta(labels=LABELS, max_length=48))
+
+
+@pytest.fixture(scope="module")
+def packages(tiny_bert: Path, tmp_path_factory, texts):
+    """Model A, and model B: A with one class bias raised so that the first text gets another label."""
+    from components.package import load_package
+    from tests.support.tiny import LABELS
+
+    root = tmp_path_factory.mktemp("packages")
+    a = _classifier_package(tiny_bert, root / "a", seed=7)
+    logits = load_package(a).logits(texts)
+    now = int(logits[0].argmax())
+    # not the middle label: reversing the label order (the smoke-test fault) must change B's answers
+    other = next(i for i in range(len(LABELS)) if i not in (now, len(LABELS) // 2))
+    b = _classifier_package(tiny_bert, root / "b", seed=7, bias={other: float(logits[0][now] - logits[0][other]) + 1.0})
+    labels_a = [p.label for p in load_package(a).predict(texts)]
+    labels_b = [p.label for p in load_package(b).predict(texts)]
+    assert labels_a != labels_b and labels_b != [LABELS[len(LABELS) - 1 - LABELS.index(x)] for x in labels_b]
+    return SimpleNamespace(a=a, b=b, labels_a=labels_a, labels_b=labels_b)
+
+
+def _invoke(aws, endpoint: str, texts: list[str]) -> list[str]:
+    r = aws.clients.runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json",
+                                            Accept="application/json", Body=json.dumps({"inputs": texts}))
+    return [p["label"] for p in json.loads(r["Body"].read())["predictions"]]
+
+
+def _inventory(aws, endpoint: str) -> dict[str, set[str]]:
+    """Every model, endpoint config and artifact object this endpoint's deployments own."""
+    sm = aws.clients.sagemaker
+    prefix = f"{endpoint}-v"
+    objects = aws.clients.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    return {"models": {m["ModelName"] for m in sm.list_models()["Models"] if m["ModelName"].startswith(prefix)},
+            "configs": {c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]
+                        if c["EndpointConfigName"].startswith(prefix)},
+            "objects": {o["Key"] for o in objects}}
+
+
+def _serving(aws, endpoint: str) -> tuple[str, str]:
+    d = aws.clients.sagemaker.describe_endpoint(EndpointName=endpoint)
+    return d["EndpointStatus"], d["EndpointConfigName"]
+
+
+# -- the deployment flow: v1 created, v2 blue/green, v3 fails and v2 keeps serving ----------------
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def registry_home(tmp_path_factory, packages, texts):
+    """A fineship home whose MLflow registry holds approved versions 1 (A), 2 (B) and 3 (A) of sm-news."""
+    from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+    from components.registry.review import approve
+
+    home = tmp_path_factory.mktemp("sagemaker-home")
+    registry = MlflowRegistry(local_tracking_uri(home / "mlflow.db"), home / "artifacts")
+    run = registry.start_run("sagemaker", "tiny")
+    tags = {"fineship.git_commit": "t3st"}
+    v1 = registry.log_and_register(run, packages.a, MODEL, texts, ["transformers"], tags)
+    registry.log_and_register(run, packages.b, MODEL, texts, ["transformers"], tags)
+    registry.client.create_model_version(MODEL, v1.source, run_id=run, tags=tags)  # v3: v1's logged model again
+    registry.end_run(run)
+    for version in ("1", "2", "3"):
+        approve(registry, MODEL, version, by="tester")
+    return SimpleNamespace(home=home, registry=registry)
+
+
+@pytest.fixture
+def fineship_env(registry_home, aws, monkeypatch):
+    env = {"FINESHIP_HOME": str(registry_home.home), "FINESHIP_AWS_REGION": REGION,
+           "FINESHIP_AWS_ENDPOINT_URL": aws.url, "FINESHIP_SAGEMAKER_ROLE_ARN": aws.role_arn,
+           "FINESHIP_ARTIFACT_BUCKET": BUCKET}
+    monkeypatch.delenv("FINESHIP_TRACKING_URI", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fineship_env, registry_home, aws,
+                                                               packages, texts):
+    from flows.deployment import DeployRequest, deployment_flow
+
+    endpoint = "accept-ep"
+    alarms = _alarms(aws, endpoint)
+    sm, registry = aws.clients.sagemaker, registry_home.registry
+
+    def request(version: str) -> DeployRequest:
+        return DeployRequest(model_name=MODEL, version=version, target="sagemaker", endpoint_name=endpoint, **FAST)
+
+    # v1: the endpoint does not exist yet, so it is created
+    v1 = deployment_flow(request("1"))
+    assert v1.mode == "create" and v1.smoke.agreed == len(texts)
+    assert _serving(aws, endpoint) == ("InService", v1.endpoint_config)
+    assert _invoke(aws, endpoint, texts) == packages.labels_a
+
+    # v2: a blue/green update with the stack's rollback alarms; v1's config stays as the rollback target
+    v2 = deployment_flow(request("2"))
+    assert v2.mode == "update" and v2.previous_config == v1.endpoint_config
+    d = sm.describe_endpoint(EndpointName=endpoint)
+    assert (d["EndpointStatus"], d["EndpointConfigName"]) == ("InService", v2.endpoint_config)
+    assert d["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
+    assert [a["AlarmName"] for a in d["LastDeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == list(alarms)
+    assert _invoke(aws, endpoint, texts) == packages.labels_b != packages.labels_a
+
+    model_tags = {t["Key"]: t["Value"] for t in sm.list_tags(
+        ResourceArn=sm.describe_model(ModelName=v2.sagemaker_model)["ModelArn"])["Tags"]}
+    assert model_tags["fineship:model-name"] == MODEL and model_tags["fineship:model-version"] == "2"
+    assert model_tags["fineship:git-commit"] and model_tags["fineship:training-git-commit"] == "t3st"
+    endpoint_tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=d["EndpointArn"])["Tags"]}
+    assert endpoint_tags["fineship:model-version"] == "2"
+    v2_tags = registry.get_version(MODEL, version="2").tags
+    assert v2_tags["fineship.sagemaker.status"] == "deployed"
+    assert v2_tags["fineship.sagemaker.endpoint"] == endpoint
+    assert v2_tags["fineship.sagemaker.endpoint_config"] == v2.endpoint_config
+    assert v2_tags["fineship.sagemaker.deployed_at"]
+    before = _inventory(aws, endpoint)
+    assert before["configs"] == {v1.endpoint_config, v2.endpoint_config}
+
+    # v3: the 5xx alarm goes off while the new fleet bakes, SageMaker rolls the update back
+    aws.cloudwatch.set_alarm_state(AlarmName=alarms[0], StateValue="ALARM", StateReason="5xx errors on the new fleet")
+    try:
+        with pytest.raises(DeploymentError) as err:
+            deployment_flow(request("3"))
+    finally:
+        aws.cloudwatch.set_alarm_state(AlarmName=alarms[0], StateValue="OK", StateReason="test over")
+    assert isinstance(err.value, DeploymentStepError) and err.value.step == "wait-in-service"
+    assert "failed at step 'wait-in-service'" in str(err.value) and alarms[0] in str(err.value)
+    assert _serving(aws, endpoint) == ("InService", v2.endpoint_config)
+    assert _invoke(aws, endpoint, texts) == packages.labels_b
+    assert _inventory(aws, endpoint) == before  # nothing of v3 is left
+    v3_tags = registry.get_version(MODEL, version="3").tags
+    assert v3_tags["fineship.sagemaker.status"] == "failed"
+    assert v3_tags["fineship.sagemaker.failed_step"] == "wait-in-service"
+    assert registry.get_version(MODEL, version="2").tags["fineship.sagemaker.status"] == "deployed"
+
+
+def _moto_state(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=10) as r:
+        data = json.loads(r.read())
+    return {service: data.get(service) for service in ("sagemaker", "s3", "cloudwatch")}
+
+
+def test_cli_dry_run_prints_the_plan_and_changes_nothing(prefect_api, fineship_env, registry_home, aws, packages,
+                                                        monkeypatch):
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    endpoint = "accept-ep"
+    _alarms(aws, endpoint)
+    before, tags_before = _moto_state(aws.url), registry_home.registry.get_version(MODEL, version="3").tags
+    args = ["deploy", "--model", MODEL, "--version", "3", "--target", "sagemaker", "--endpoint-name", endpoint,
+            "--dry-run", "--strategy", "linear", "--instance-count", "2", "--traffic-percent", "50"]
+    with mock.patch.dict(os.environ):  # the command sets environment defaults; keep them out of other tests
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "dry run: none of the calls below was made" in out
+    for operation in ("PutObject", "CreateModel", "CreateEndpointConfig", "UpdateEndpoint", "DescribeEndpoint",
+                      "InvokeEndpoint", "AddTags", "DeleteEndpointConfig", "DeleteModel"):
+        assert operation in out, operation
+    assert '"Type"="LINEAR"' in out and out.strip().splitlines()[-1].startswith("dry run:")
+    assert _moto_state(aws.url) == before  # no model, config, endpoint change, object or tag was made
+    assert registry_home.registry.get_version(MODEL, version="3").tags == tags_before
+
+
+# -- fault injection at each step: the previous endpoint keeps serving, nothing is orphaned ---------
+
+@pytest.fixture(scope="module")
+def fault_registry(tmp_path_factory, packages):
+    """A registry holding versions 1-3 of sm-faults (only tags are written to them)."""
+    from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+
+    root = tmp_path_factory.mktemp("fault-registry")
+    registry = MlflowRegistry(local_tracking_uri(root / "mlflow.db"))
+    registry.client.create_registered_model(FAULT_MODEL)
+    for package in (packages.a, packages.b, packages.b):
+        registry.client.create_model_version(FAULT_MODEL, str(package))
+    return registry
+
+
+def _target(aws, **overrides) -> SageMakerTarget:
+    return SageMakerTarget(**{"endpoint_name": FAULTS_EP, "region": REGION, "role_arn": aws.role_arn,
+                              "bucket": BUCKET, "rollback_alarms": rollback_alarm_names("fineship", "dev", FAULTS_EP),
+                              **FAST, **overrides})
+
+
+@pytest.fixture(scope="module")
+def baseline(aws, packages, texts, fault_registry, tmp_path_factory):
+    """faults-ep serving version 1 (model A): what every failed deployment must leave in place."""
+    _alarms(aws, FAULTS_EP)
+    record = deploy_to_sagemaker(_target(aws), packages.a, aws.clients, model_name=FAULT_MODEL, version="1",
+                                 smoke_texts=texts, expected=packages.labels_a,
+                                 work_dir=tmp_path_factory.mktemp("work"), git_commit=COMMIT, recorder=fault_registry)
+    return SimpleNamespace(record=record, inventory=_inventory(aws, FAULTS_EP))
+
+
+def _deploy_v3(aws, packages, texts, fault_registry, tmp_path, **overrides):
+    """Deploy model B as version 3 over the baseline; it must fail."""
+    with pytest.raises(DeploymentStepError) as err:
+        deploy_to_sagemaker(_target(aws, **overrides), packages.b, aws.clients, model_name=FAULT_MODEL, version="3",
+                            smoke_texts=texts, expected=packages.labels_b, work_dir=tmp_path, git_commit=COMMIT,
+                            recorder=fault_registry)
+    return err.value
+
+
+def _assert_previous_serving(aws, baseline, packages, texts, fault_registry, step: str) -> None:
+    assert _serving(aws, FAULTS_EP) == ("InService", baseline.record.endpoint_config)
+    assert _invoke(aws, FAULTS_EP, texts) == packages.labels_a
+    assert _inventory(aws, FAULTS_EP) == baseline.inventory
+    tags = fault_registry.get_version(FAULT_MODEL, version="3").tags
+    assert tags["fineship.sagemaker.status"] == "failed" and tags["fineship.sagemaker.failed_step"] == step
+    assert f"failed at step '{step}'" in tags["fineship.sagemaker.error"]
+
+
+def test_s3_upload_error(aws, baseline, packages, texts, fault_registry, tmp_path):
+    key_prefix = f"fineship/models/{FAULT_MODEL}/v3/"
+    aws.clients.s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyUploads", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+        "Resource": f"arn:aws:s3:::{BUCKET}/{key_prefix}*"}]}))
+    try:
+        err = _deploy_v3(aws, packages, texts, fault_registry, tmp_path)
+    finally:
+        aws.clients.s3.delete_bucket_policy(Bucket=BUCKET)
+    assert err.step == "upload" and "s3:PutObject" in str(err)
+    assert err.rolled_back == [] and err.left_behind == []
+    _assert_previous_serving(aws, baseline, packages, texts, fault_registry, "upload")
+
+
+def test_create_model_failure(aws, baseline, packages, texts, fault_registry, tmp_path):
+    missing_role = aws.role_arn.rsplit("/", 1)[0] + "/no-such-role"
+    err = _deploy_v3(aws, packages, texts, fault_registry, tmp_path, role_arn=missing_role)
+    assert err.step == "create-model" and "Could not assume role" in str(err)
+    assert any(r.startswith("object s3://") for r in err.rolled_back)  # the new upload was removed
+    _assert_previous_serving(aws, baseline, packages, texts, fault_registry, "create-model")
+
+
+def test_endpoint_ending_in_failed(aws, baseline, packages, texts, fault_registry, tmp_path):
+    _moto_api(aws.url, "/moto-api/fineship/sagemaker-faults",
+              {"endpoint_name": FAULTS_EP, "deployment": "Failed", "failure_reason": "injected: capacity error"})
+    err = _deploy_v3(aws, packages, texts, fault_registry, tmp_path)
+    assert err.step == "wait-in-service" and "ended in Failed: injected: capacity error" in str(err)
+    assert any("was Failed: deleted and recreated on " + baseline.record.endpoint_config in r for r in err.rolled_back)
+    _assert_previous_serving(aws, baseline, packages, texts, fault_registry, "wait-in-service")
+
+
+def test_smoke_test_mismatch(aws, baseline, packages, texts, fault_registry, tmp_path):
+    _moto_api(aws.url, "/moto-api/fineship/sagemaker-faults",
+              {"endpoint_name": FAULTS_EP, "container_fault": "label-order-reversed"})
+    err = _deploy_v3(aws, packages, texts, fault_registry, tmp_path)
+    assert err.step == "smoke-test" and "agreed with the registered model on" in str(err)
+    assert any("updated back to " + baseline.record.endpoint_config in r for r in err.rolled_back)
+    _assert_previous_serving(aws, baseline, packages, texts, fault_registry, "smoke-test")
+
+
+def test_timeout_waiting_for_in_service(aws, baseline, packages, texts, fault_registry, tmp_path):
+    transition = {"model_name": "sagemaker::endpoint-deployment"}
+    _moto_api(aws.url, "/moto-api/state-manager/set-transition",
+              {**transition, "transition": {"progression": "time", "seconds": 1}})
+    try:
+        err = _deploy_v3(aws, packages, texts, fault_registry, tmp_path, wait_timeout_seconds=0.4)
+    finally:
+        _moto_api(aws.url, "/moto-api/state-manager/unset-transition", transition)
+    assert err.step == "wait-in-service" and "was not InService within" in str(err)
+    _assert_previous_serving(aws, baseline, packages, texts, fault_registry, "wait-in-service")
+
+
+def test_handler_errors_come_back_as_model_errors(aws, baseline):
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as err:
+        aws.clients.runtime.invoke_endpoint(EndpointName=FAULTS_EP, ContentType="text/plain", Body=b"hello")
+    assert err.value.response["Error"]["Code"] == "ModelError"
+    assert err.value.response["OriginalStatusCode"] == 415 and "not supported" in err.value.response["OriginalMessage"]
+
+
+def test_endpoint_commands_cover_sagemaker(aws, baseline, fineship_env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["endpoint", "list", "--target", "sagemaker"])
+    assert listed.exit_code == 0, listed.output
+    assert any(line.split()[:2] == [FAULTS_EP, "InService"] and f"{FAULT_MODEL} v1" in line
+               for line in listed.output.splitlines())
+    status = runner.invoke(app, ["endpoint", "status", FAULTS_EP])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output.rsplit("\nstatus:", 1)[0])["EndpointConfigName"] == baseline.record.endpoint_config
+    deleted = runner.invoke(app, ["endpoint", "delete", FAULTS_EP, "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    assert f"endpoint {FAULTS_EP}" in deleted.output and baseline.record.endpoint_config in deleted.output
+    inventory = _inventory(aws, FAULTS_EP)
+    assert inventory["models"] == set() and inventory["configs"] == set()
+    missing = runner.invoke(app, ["endpoint", "status", FAULTS_EP])
+    assert missing.exit_code == 1 and "no SageMaker endpoint named" in missing.output
