@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import httpx
 import typer
 from pydantic import BaseModel
 
+from components.procs import pid_alive, terminate_group
 from flows.settings import Settings
 
 stack_app = typer.Typer(help="Run the local Prefect + MLflow stack (all on 127.0.0.1).", no_args_is_help=True)
@@ -51,18 +51,6 @@ def read_state() -> StackState | None:
     """The running stack's state, or None when no stack was started here."""
     f = Settings().home_dir / "stack" / "stack.json"
     return StackState.model_validate_json(f.read_text()) if f.is_file() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def _port_free(port: int) -> bool:
@@ -107,7 +95,7 @@ def stack_env(state: StackState) -> dict[str, str]:
 def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = True) -> StackState:
     """Start what is not running yet; return the stack's state."""
     state = read_state()
-    if state and all(_alive(s.pid) for s in state.services) and _healthy(f"{state.prefect_api_url}/health") \
+    if state and all(pid_alive(s.pid) for s in state.services) and _healthy(f"{state.prefect_api_url}/health") \
             and _healthy(f"{state.mlflow_url}/health"):
         typer.echo("stack already running:")
         return state
@@ -172,21 +160,6 @@ def create_deployments(env: dict[str, str]) -> None:
         raise typer.BadParameter(f"prefect deploy --all failed: {(result.stdout + result.stderr)[-1500:]}")
 
 
-def _stop(pid: int, grace: float = 20) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def down(quiet: bool = False) -> list[str]:
     """Stop the worker first, then the servers; remove PID files. Returns what was stopped."""
     state = read_state()
@@ -201,8 +174,8 @@ def down(quiet: bool = False) -> list[str]:
     if state is not None:
         order = sorted(state.services, key=lambda s: 0 if s.name == "worker" else 1)
         for s in order:
-            if _alive(s.pid):
-                _stop(s.pid)
+            if pid_alive(s.pid):
+                terminate_group(s.pid, grace=20)
                 stopped.append(s.name)
         (d / "stack.json").unlink(missing_ok=True)
     for pid_file in d.glob("*.pid") if d.is_dir() else []:
@@ -214,7 +187,7 @@ def down(quiet: bool = False) -> list[str]:
 
 def _print(state: StackState) -> None:
     for s in state.services:
-        health = "running" if _alive(s.pid) else "DEAD"
+        health = "running" if pid_alive(s.pid) else "DEAD"
         typer.echo(f"  {s.name:15s} pid {s.pid:<7d} {health:8s} {s.url or ''}  (log: {s.log})")
     typer.echo(f"\n  Prefect UI: {state.prefect_ui_url}\n  MLflow UI:  {state.mlflow_url}")
     typer.echo("  stop with:  make down   (or fineship stack down)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.errors import DeploymentError
+from components.procs import free_port, pid_alive, terminate_group
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +53,10 @@ class SmokeResult(BaseModel):
     seconds: float
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on `host` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie child counts as gone
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
 
 
 def _record_path(state_dir: Path, name: str) -> Path:
@@ -98,7 +77,7 @@ def list_records(state_dir: str | Path) -> list[DeploymentRecord]:
 
 
 def is_running(record: DeploymentRecord) -> bool:
-    return _alive(record.pid)
+    return pid_alive(record.pid)
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, log_file: Path | None = None) -> None:
@@ -150,7 +129,7 @@ def start_endpoint(package_dir: str | Path, name: str, state_dir: str | Path, ho
     try:
         wait_ready(url, timeout, proc, log_file)
     except DeploymentError:
-        _terminate(proc.pid)
+        terminate_group(proc.pid)
         raise
     record = DeploymentRecord(endpoint_name=name, url=url, model_name=model_name, model_version=model_version,
                               package_dir=str(Path(package_dir).resolve()), pid=proc.pid, host=host, port=port,
@@ -160,21 +139,6 @@ def start_endpoint(package_dir: str | Path, name: str, state_dir: str | Path, ho
     return record
 
 
-def _terminate(pid: int, grace: float = 10) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def stop_endpoint(state_dir: str | Path, name: str, forget: bool = True) -> bool:
     """Stop the endpoint's process; return whether one was running."""
     record = read_record(state_dir, name)
@@ -182,7 +146,7 @@ def stop_endpoint(state_dir: str | Path, name: str, forget: bool = True) -> bool
         return False
     running = is_running(record)
     if running and record.pid:
-        _terminate(record.pid)
+        terminate_group(record.pid)
     if forget:
         _record_path(Path(state_dir), name).unlink(missing_ok=True)
     return running

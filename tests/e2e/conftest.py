@@ -15,7 +15,10 @@ def prefect_harness():
 @pytest.fixture
 def fineship_home(tmp_path, monkeypatch):
     """A private FINESHIP_HOME: its own MLflow SQLite store, runs and endpoints."""
+    from tests.support.tiny import seed_mlflow_db
+
     home = tmp_path / "home"
+    seed_mlflow_db(home / "mlflow.db")
     monkeypatch.setenv("FINESHIP_HOME", str(home))
     monkeypatch.delenv("FINESHIP_TRACKING_URI", raising=False)
     yield home

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.support.tiny import REPO, SAMPLE
+from tests.support.tiny import REPO, SAMPLE, seed_mlflow_db
 
 FINESHIP = [sys.executable, "-m", "flows.cli"]
 
@@ -58,7 +57,7 @@ def test_approve_reject_rollback_commands(tmp_path, tiny_package):
 
     home = tmp_path / "h"
     home.mkdir()
-    registry = MlflowRegistry(f"sqlite:///{home.resolve() / 'mlflow.db'}")
+    registry = MlflowRegistry(f"sqlite:///{seed_mlflow_db(home / 'mlflow.db').resolve()}")
     for i in range(3):
         run_id = registry.start_run("cli", f"r{i}")
         registry.log_and_register(run_id, tiny_package, "clim", ["hello"], ["torch==2.13.0"], {})

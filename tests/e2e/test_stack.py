@@ -4,9 +4,7 @@ does, and the UIs themselves in headless Chromium."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,17 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.tiny import REPO, SAMPLE
+from components.procs import free_port, pid_alive
+from tests.support.tiny import REPO, SAMPLE, seed_mlflow_db
 
 pytestmark = pytest.mark.e2e
 SCREENSHOTS = REPO / "tests" / "_screenshots"
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +25,12 @@ def stack(tmp_path_factory):
     from flows.stack import down, stack_env, up
 
     home = tmp_path_factory.mktemp("stack-home")
+    seed_mlflow_db(home / "mlflow-server.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINESHIP_HOME", str(home))
         for var in ("PREFECT_API_URL", "FINESHIP_TRACKING_URI", "FINESHIP_MLFLOW_UI_URL"):
             mp.delenv(var, raising=False)
-        state = up(_free_port(), _free_port(), deployments=True)
+        state = up(free_port(), free_port(), deployments=True)
         for k, v in stack_env(state).items():
             mp.setenv(k, v)
         try:
@@ -45,19 +39,8 @@ def stack(tmp_path_factory):
             pids = [s.pid for s in state.services]
             down(quiet=True)
             time.sleep(0.5)
-            alive = [p for p in pids if _alive(p)]
+            alive = [p for p in pids if pid_alive(p)]
             assert alive == [], f"stack processes left behind: {alive}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):

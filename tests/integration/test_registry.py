@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,27 @@ import httpx
 import pytest
 
 from components.errors import RegistryError
+from components.procs import free_port
 from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
-from components.registry.review import (ALIAS_LOG, CHAMPION, approve, auto_promote, is_approved, reject,
-                                        require_approved, rollback)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from components.registry.review import (
+    ALIAS_LOG,
+    CHAMPION,
+    approve,
+    auto_promote,
+    is_approved,
+    reject,
+    require_approved,
+    rollback,
+)
+from tests.support.tiny import seed_mlflow_db
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, local artifacts) on 127.0.0.1 and a free port."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    seed_mlflow_db(root / "mlflow.db")
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
@@ -56,7 +60,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(params=["sqlite", "server"])
 def registry(request, tmp_path):
     if request.param == "sqlite":
-        return MlflowRegistry(local_tracking_uri(tmp_path / "mlflow.db"), tmp_path / "artifacts")
+        return MlflowRegistry(local_tracking_uri(seed_mlflow_db(tmp_path / "mlflow.db")), tmp_path / "artifacts")
     return MlflowRegistry(request.getfixturevalue("mlflow_server"))
 
 

@@ -31,7 +31,7 @@ from components.deploy.sagemaker import (
 )
 from components.errors import DeploymentError
 from components.provenance import git_commit
-from tests.support.tiny import REPO
+from tests.support.tiny import REPO, seed_mlflow_db
 
 REGION = "us-east-1"
 BUCKET = "fineship-dev-artifacts-test"
@@ -163,7 +163,7 @@ def registry_home(tmp_path_factory, packages, texts):
     from components.registry.review import approve
 
     home = tmp_path_factory.mktemp("sagemaker-home")
-    registry = MlflowRegistry(local_tracking_uri(home / "mlflow.db"), home / "artifacts")
+    registry = MlflowRegistry(local_tracking_uri(seed_mlflow_db(home / "mlflow.db")), home / "artifacts")
     run = registry.start_run("sagemaker", "tiny")
     tags = {"fineship.git_commit": "t3st"}
     v1 = registry.log_and_register(run, packages.a, MODEL, texts, ["transformers"], tags)
@@ -284,7 +284,7 @@ def fault_registry(tmp_path_factory, packages):
     from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
 
     root = tmp_path_factory.mktemp("fault-registry")
-    registry = MlflowRegistry(local_tracking_uri(root / "mlflow.db"))
+    registry = MlflowRegistry(local_tracking_uri(seed_mlflow_db(root / "mlflow.db")))
     registry.client.create_registered_model(FAULT_MODEL)
     for package in (packages.a, packages.b, packages.b):
         registry.client.create_model_version(FAULT_MODEL, str(package))

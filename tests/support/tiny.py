@@ -54,3 +54,30 @@ def sample_frame():
     import pandas as pd
 
     return pd.read_csv(SAMPLE)
+
+
+_TEMPLATE_DB: Path | None = None
+
+
+def seed_mlflow_db(path: str | Path) -> Path:
+    """Put an already-migrated, empty MLflow SQLite store at `path` (if none is there).
+
+    Creating a store runs every MLflow schema migration (10-30 s on 2 busy cores); tests copy one
+    migrated template instead. Production code is unaffected: it migrates its own store once.
+    """
+    import shutil
+    import tempfile
+
+    global _TEMPLATE_DB
+    dst = Path(path)
+    if dst.exists():
+        return dst
+    if _TEMPLATE_DB is None:
+        from mlflow import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="fineship-mlflow-template-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _TEMPLATE_DB = template
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE_DB, dst)
+    return dst
