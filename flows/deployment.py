@@ -27,6 +27,7 @@ from components.errors import DeploymentError, RegistryError
 from components.provenance import git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.review import require_approved
+from flows.hooks import notify_failure
 from flows.settings import Settings
 from tasks.deploy import (
     execute_sagemaker_deployment,
@@ -142,7 +143,7 @@ def _deploy_sagemaker(request: DeployRequest, version: RegisteredVersion,
     return execute_sagemaker_deployment(prepared, expected, uri, settings.aws_region, settings.aws_endpoint_url)
 
 
-@flow(name="deployment", log_prints=True)
+@flow(name="deployment", log_prints=True, on_failure=[notify_failure])
 def deployment_flow(request: DeployRequest) -> DeploymentRecord | SageMakerDeploymentRecord | DeploymentPlan:
     """Deploy a registered version to the local endpoint or to SageMaker; on failure the previous one serves."""
     logger = get_run_logger()

@@ -65,3 +65,22 @@ def test_registration_is_idempotent_per_key(fineship_home, tiny_package):
                                       idempotency_key="prefect-flow-run:def")
     assert first.version == again.version == "1" and other.version == "2"
     assert [v.version for v in registry.list_versions("idem")] == ["2", "1"]
+
+
+def test_failed_deployment_posts_the_reason(prefect_harness, fineship_home, tiny_package, monkeypatch):
+    from components.errors import DeploymentError
+    from flows.deployment import DeployRequest, deployment_flow
+
+    registry = _registry(fineship_home)
+    run_id = registry.start_run("notify", "r")
+    registry.log_and_register(run_id, tiny_package, "notify-m", ["hello"], ["torch==2.13.0"], {})
+    with webhook_receiver() as (url, received):
+        monkeypatch.setenv("FINESHIP_WEBHOOK_URL", url)
+        with pytest.raises(DeploymentError):
+            deployment_flow(DeployRequest(model_name="notify-m", version="1", port=0))
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert [p["error_type"] for p in received] == ["DeploymentError"]
+    assert "deployment failed" in received[0]["text"] and "fineship approve notify-m 1" in received[0]["message"]
+    assert url not in received[0]["text"]  # the webhook URL (a secret) is never echoed
