@@ -61,9 +61,10 @@ class Splits(BaseModel):
         return getattr(self, name)
 
 
-def _row_hash(norm: pd.Series, labels: pd.Series) -> pd.Series:
-    return pd.Series([hashlib.sha256(f"{t}\x1f{y}".encode()).hexdigest()[:20] for t, y in zip(norm, labels)],
-                     index=norm.index)
+def _row_hash(norm: pd.Series, labels: pd.Series) -> list[str]:
+    """A 64-bit content hash (hex) of each row's normalised text and label (vectorised SipHash)."""
+    hashed = pd.util.hash_pandas_object(pd.DataFrame({"t": norm.to_numpy(), "y": labels.to_numpy()}), index=False)
+    return [f"{h:016x}" for h in hashed.to_numpy()]
 
 
 def _group_keys(norm: pd.Series, seed: int) -> pd.Series:
