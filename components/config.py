@@ -154,7 +154,10 @@ class TrainingConfig(_Section):
     resume: bool = Field(
         True, description="Resume from the newest complete checkpoint in checkpoint_dir when there is one.")
     backend: Literal["local", "sagemaker"] = Field(
-        "local", description="'local': train in this process (or under torchrun); 'sagemaker': a training job.")
+        "local", description="'local': train on this machine; 'sagemaker': a SageMaker training job.")
+    processes: int = Field(
+        1, ge=1, le=64, description="Local backend: data-parallel processes started with torchrun (gloo on CPU, "
+        "NCCL on CUDA); 1 trains in the calling process.")
     sagemaker: SageMaker = Field(default_factory=lambda: TrainingConfig.SageMaker())
 
     @model_validator(mode="after")

@@ -26,11 +26,35 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def is_decoder_only(config: Any) -> bool:
+    """True for decoder-only architectures (GPT-2, Llama, ...): their classifiers pool the last non-pad token.
+
+    Encoder models with a causal-LM head variant (BERT, RoBERTa) also have a masked-LM head, so
+    "has a causal LM and no masked LM" separates the two families without a hand-kept list.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    kind = getattr(config, "model_type", "")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def position_ids_from_mask(attention_mask: Any) -> Any:
+    """Positions that count real tokens only, so a left-padded row sees the positions of an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def build_model(name: str, labels: list[str]) -> tuple[Any, Any]:
     """Load tokenizer and `AutoModelForSequenceClassification` with a fresh head for `labels`.
 
-    Decoder-only models (GPT-2 and kin) get their end-of-text token as pad token, so the
-    classifier pools the last non-pad token of every row.
+    Decoder-only models (GPT-2 and kin) get their end-of-text token as pad token and right
+    padding: the classifier pools the last non-pad token of every row, and with right padding
+    the default position ids of the real tokens are right, so a package serves correctly
+    without position ids (the trainer passes them anyway, which makes either side exact).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -55,5 +79,8 @@ def build_model(name: str, labels: list[str]) -> tuple[Any, Any]:
     except (OSError, ValueError) as err:
         raise TrainingError(f"cannot load a sequence classifier from {path!r}: {err}") from None
     model.config.pad_token_id = tokenizer.pad_token_id
-    log.info("built %s (%s) with %d labels", path, model.config.model_type, len(labels))
+    if is_decoder_only(model.config):
+        tokenizer.padding_side = "right"
+    log.info("built %s (%s, %s padding) with %d labels", path, model.config.model_type, tokenizer.padding_side,
+             len(labels))
     return model, tokenizer

@@ -1,0 +1,78 @@
+"""Batches that pad little: length-grouped batch order, dynamic padding, and sharding across processes.
+
+One `random.Random(seed)` draws the batch order of every epoch in turn; a checkpoint stores its
+state at the start of the epoch, so a resumed run (and every process of a data-parallel run)
+rebuilds exactly the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
+                           group_factor: int = 50) -> list[list[int]]:
+    """Shuffle, then sort by length inside mega-batches so each batch pads little; shuffle batch order."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    mega = batch_size * group_factor
+    batches: list[list[int]] = []
+    for start in range(0, len(idx), mega):
+        chunk = sorted(idx[start:start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, order_rng: random.Random,
+                  world_size: int = 1) -> list[list[int]]:
+    """The next epoch's global batch order drawn from `order_rng`, padded (wrapping around) to a
+    multiple of `world_size`.
+
+    Process `r` of `world_size` takes batches r, r + world_size, ... so every process runs the
+    same number of steps; the few repeated batches are what `DistributedSampler` does too.
+    """
+    batches = length_grouped_batches(lengths, batch_size, order_rng)
+    short = -len(batches) % world_size
+    return batches + batches[:short]
+
+
+def count_batches(n: int, batch_size: int, world_size: int = 1, group_factor: int = 50) -> int:
+    """How many global batches `epoch_batches` yields for `n` examples (the same every epoch)."""
+    mega = batch_size * group_factor
+    full, rest = divmod(n, mega)
+    count = full * math.ceil(mega / batch_size) + math.ceil(rest / batch_size)
+    return count + (-count % world_size)
+
+
+def collate(encodings: Sequence[Sequence[int]], ids: Sequence[int], labels: Sequence[int] | None, pad_id: int,
+            padding_side: str, device: str, position_ids: bool = False) -> dict[str, Any]:
+    """Pad the rows `ids` to the longest of them (dynamic padding) and move the batch to `device`.
+
+    `position_ids=True` adds positions that skip padding, for decoder-only models, whose default
+    positions would shift under left padding.
+    """
+    import torch
+
+    from components.training.model_factory import position_ids_from_mask
+
+    width = max(len(encodings[i]) for i in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, i in enumerate(ids):
+        seq = torch.as_tensor(encodings[i], dtype=torch.long)
+        if padding_side == "left":
+            input_ids[row, width - len(seq):] = seq
+            mask[row, width - len(seq):] = 1
+        else:
+            input_ids[row, :len(seq)] = seq
+            mask[row, :len(seq)] = 1
+    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+    if position_ids:
+        batch["position_ids"] = position_ids_from_mask(mask)
+    if labels is not None:
+        batch["labels"] = torch.tensor([labels[i] for i in ids], dtype=torch.long)
+    return {k: v.to(device) for k, v in batch.items()}
