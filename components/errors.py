@@ -45,3 +45,11 @@ class RegistryError(FineshipError):
 
 class DeploymentError(FineshipError):
     """A deployment step failed; the message names the step."""
+
+
+class ExportError(FineshipError):
+    """A model export (TorchScript, ONNX) failed or disagrees with the model it came from; it must not ship."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -115,6 +115,15 @@ class Prediction(BaseModel):
     scores: dict[str, float]
 
 
+def forward_logits(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The logits tensor of one tokenised batch: what serving computes, and what exports trace.
+
+    Single texts only, so token type ids are all zero (the models' default). Keep the eager path and
+    the exported graphs on this one function: the export parity check compares the two.
+    """
+    return model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+
 class TextClassifier:
     """A loaded model package: tokenizer + model + label map, ready to predict."""
 
@@ -144,8 +153,12 @@ class TextClassifier:
                 idx = order[start:start + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.meta.max_length, return_tensors="pt").to(self.device)
-                out[idx] = self.model(**enc).logits.float().cpu().numpy()
+                out[idx] = self._forward(enc)
         return out
+
+    def _forward(self, enc: Any) -> np.ndarray:
+        """Logits of one tokenised batch (a `BatchEncoding` of tensors); exported backends override this."""
+        return forward_logits(self.model, enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities, shape (len(texts), n_labels)."""
@@ -166,22 +179,44 @@ class TextClassifier:
         return preds
 
 
-def load_package(path: str | Path, device: str = "auto") -> TextClassifier:
-    """Load a package (or plain Hugging Face classifier directory) for inference."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+BACKENDS = ("eager", "torchscript", "onnx")
+
+
+def load_tokenizer(path: str | Path, meta: PackageMeta) -> Any:
+    """The package's tokenizer with its padding side, and a pad token (end-of-text for GPT-2 and kin)."""
+    from transformers import AutoTokenizer
 
     p = Path(path)
-    missing = check_package(p)
-    if missing:
-        raise ModelPackageError(f"model package {p} is incomplete: missing {', '.join(missing)}")
-    meta = read_meta(p)
-    dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(p)
     tokenizer.padding_side = meta.padding_side
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelPackageError(f"the tokenizer in {p} has neither a pad nor an end-of-text token; set pad_token")
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_package(path: str | Path, device: str = "auto", backend: str = "eager") -> TextClassifier:
+    """Load a package (or plain Hugging Face classifier directory) for inference.
+
+    `backend` "torchscript" or "onnx" serves the package's export under `export/<backend>/` instead of
+    the eager model; it loads only when that export passed its parity check (see `components.export`).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    if backend not in BACKENDS:
+        raise ModelPackageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    p = Path(path)
+    missing = check_package(p)
+    if missing:
+        raise ModelPackageError(f"model package {p} is incomplete: missing {', '.join(missing)}")
+    if backend != "eager":
+        from components.export.runtime import load_export
+
+        return load_export(p, backend, device)
+    meta = read_meta(p)
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(p, meta)
     model = AutoModelForSequenceClassification.from_pretrained(p, use_safetensors=True)
     if model.config.num_labels != len(meta.labels):
         raise ModelPackageError(

@@ -23,7 +23,7 @@ from components.deploy.sagemaker import (
     record_failure,
     rollback_alarm_names,
 )
-from components.errors import DeploymentError, RegistryError
+from components.errors import DeploymentError, ExportError, RegistryError
 from components.provenance import git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.review import require_approved
@@ -37,6 +37,7 @@ from tasks.deploy import (
     start_local_endpoint,
     stop_local_endpoint,
 )
+from tasks.export import export_model
 from tasks.registry import download_package, resolve_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +127,13 @@ def _deploy_sagemaker(request: DeployRequest, version: RegisteredVersion,
     package_dir = download_package(request.model_name, version.version,
                                    str(home / f"{request.model_name}-v{version.version}"), uri)
     texts = list(request.smoke_texts) or _registered_examples(package_dir)
+    if request.torchscript and not request.dry_run:
+        # The optional export step: trace, reload in a fresh process, parity gate. A disagreeing export
+        # stops the deployment here, before any AWS call.
+        try:
+            export_model(package_dir, "torchscript", texts, uri, version.run_id)
+        except ExportError as err:
+            raise DeploymentError(f"refused at the torchscript export step: {err}") from err
     try:
         prepared = prepare_sagemaker_deployment(
             target, package_dir, request.model_name, version.version, texts, str(home / "builds"),

@@ -1,9 +1,14 @@
-"""`python -m components.serving --model-dir DIR --port N`: the server without the CLI's imports."""
+"""`python -m components.serving --model-dir DIR --port N`: the server without the CLI's imports.
+
+`FINESHIP_BACKEND` (eager, torchscript or onnx) sets the default of `--backend`, so an entry point that
+cannot pass flags (the container's `serve`, a local endpoint) can serve a package's checked export.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from components.serving.app import ServerOptions, serve
 
@@ -20,11 +25,20 @@ def main() -> None:
                         help="seconds a client has to send its request headers")
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
                         help="seconds a client has to send its request body (then 408)")
+    parser.add_argument("--backend", choices=["eager", "torchscript", "onnx"],
+                        default=os.environ.get("FINESHIP_BACKEND", "eager"),
+                        help="serve the eager model or the package's parity-checked export (env FINESHIP_BACKEND)")
+    parser.add_argument("--pass-overhead-tokens", type=float, default=defaults.pass_overhead_tokens,
+                        help="fixed cost of one forward pass in tokens: micro-batches are cut into passes of "
+                             "similar length when padding would cost more (0: one pass per micro-batch)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="intra-op threads for the forward pass (default: torch's, one per core)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.model_dir, args.host, args.port,
           ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, head_timeout=args.head_timeout,
-                        body_timeout=args.body_timeout))
+                        body_timeout=args.body_timeout, backend=args.backend, torch_threads=args.torch_threads,
+                        pass_overhead_tokens=args.pass_overhead_tokens))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from components.package import TextClassifier, load_package
-from components.serving.batcher import MicroBatcher, PredictionFailed, QueueFull
+from components.serving.batcher import MicroBatcher, PredictionFailed, QueueFull, plan_batches
 from components.serving.handler import RequestError, format_response, negotiate, parse_request
 
 log = logging.getLogger(__name__)
+
+TRY_IT_PAGE = Path(__file__).with_name("try_it.html")
+# The page loads nothing from anywhere: inline script and style only; it may call an endpoint URL the
+# person types in (connect-src), nothing else.
+_PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+             "connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class ServerOptions(BaseModel):
@@ -34,6 +40,10 @@ class ServerOptions(BaseModel):
     max_queue: int = 256
     top_k: int | None = None
     torch_threads: int | None = None
+    backend: str = "eager"  # or "torchscript" / "onnx": serve the package's checked export (components.export)
+    # A micro-batch is cut into forward passes of similar token length (see `plan_batches`): one pass
+    # costs about this many token positions of fixed overhead. 0 turns the cut off (one padded pass).
+    pass_overhead_tokens: float = 16.0
     head_timeout: float = 30.0  # seconds for a request's headers to arrive (uvicorn has no such limit)
     body_timeout: float = 30.0  # seconds for a request's body to arrive once its headers have (answers 408)
 
@@ -82,10 +92,21 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
             import torch
 
             torch.set_num_threads(options.torch_threads)
-        state["clf"] = load_package(model_dir)
+        state["clf"] = load_package(model_dir, backend=options.backend)
 
     def _predict(texts: list[str]) -> list:
-        return state["clf"].predict(texts, top_k=options.top_k, batch_size=options.max_batch)
+        clf = state["clf"]
+        if len(texts) < 2 or options.pass_overhead_tokens <= 0:
+            return clf.predict(texts, top_k=options.top_k, batch_size=options.max_batch)
+        # Padding every text of a micro-batch to its longest wastes most of the pass on short texts
+        # beside a long one; counting tokens first (a fraction of a forward pass) avoids that.
+        lengths = [len(ids) for ids in clf.tokenizer(clf._prepare(texts), truncation=True,
+                                                     max_length=clf.meta.max_length)["input_ids"]]
+        preds: list = [None] * len(texts)
+        for run in plan_batches(lengths, options.max_batch, options.pass_overhead_tokens):
+            for i, p in zip(run, clf.predict([texts[i] for i in run], top_k=options.top_k, batch_size=len(run))):
+                preds[i] = p
+        return preds
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,7 +131,8 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
 
     async def ping(request: Request) -> Response:
         if state["clf"] is not None:
-            return JSONResponse({"status": "ok", "labels": state["clf"].labels})
+            return JSONResponse({"status": "ok", "labels": state["clf"].labels,
+                                 "backend": getattr(state["clf"], "backend", "eager")})
         if state["error"]:
             return _error(500, f"model failed to load: {state['error']}")
         return _error(503, "model is loading")
@@ -133,10 +155,17 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
             return _error(500, f"{err}; the server log has the details")
         return Response(format_response(preds, accept), media_type=accept)
 
+    page = TRY_IT_PAGE.read_bytes()
+
+    async def try_it(request: Request) -> Response:
+        return HTMLResponse(page, headers={"content-security-policy": _PAGE_CSP, "cache-control": "no-cache",
+                                           "x-content-type-options": "nosniff"})
+
     # Handlers below read the path from the scope: `request.url` parses the Host header, which a
     # client can make unparseable (`Host: [`).
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(404, f"no route {request.scope['path'][:200]}; use GET /ping or POST /invocations")
+        return _error(404, f"no route {request.scope['path'][:200]}; use GET /ping or POST /invocations "
+                           "(GET / is a try-it page)")
 
     async def bad_method(request: Request, exc: Exception) -> Response:
         return _error(405, f"{request.method[:20]} is not allowed on {request.scope['path'][:200]}")
@@ -146,7 +175,8 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
         return _error(500, "internal error; the server log has the details")
 
     return Starlette(
-        routes=[Route("/ping", ping, methods=["GET"]), Route("/invocations", invocations, methods=["POST"])],
+        routes=[Route("/ping", ping, methods=["GET"]), Route("/invocations", invocations, methods=["POST"]),
+                Route("/", try_it, methods=["GET"])],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: bad_method, 500: crashed},
     )

@@ -28,7 +28,12 @@ class _Job:
 
 
 class MicroBatcher:
-    """Collect texts from concurrent requests for up to `max_wait_ms` or `max_batch` texts, run once."""
+    """Collect texts from concurrent requests for up to `max_wait_ms` or `max_batch` texts, run once.
+
+    Requests already queued always join the batch (up to `max_batch` texts). Waiting for more is
+    adaptive: the batcher waits (at most `max_wait_ms`) only until as many requests as recent batches
+    held have arrived, so a lone client never waits and 16 concurrent clients still share one pass.
+    """
 
     def __init__(self, predict: Callable[[Sequence[str]], list], max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_queue: int = 256) -> None:
@@ -38,6 +43,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._task: asyncio.Task | None = None
+        self._concurrency = 1.0  # moving average of requests per batch: how many to wait for
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -65,16 +71,21 @@ class MicroBatcher:
             first = await self.queue.get()
             jobs, n = [first], len(first.texts)
             deadline = loop.time() + self.max_wait
+            expected = round(self._concurrency)
             while n < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
                 try:
-                    job = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - loop.time()
+                    if len(jobs) >= expected or timeout <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), timeout)
+                    except TimeoutError:
+                        break
                 jobs.append(job)
                 n += len(job.texts)
+            self._concurrency = 0.5 * self._concurrency + 0.5 * len(jobs)
             live = [j for j in jobs if not j.future.done()]
             if not live:
                 continue
@@ -112,3 +123,28 @@ class MicroBatcher:
     def _fail(job: _Job) -> None:
         if not job.future.done():
             job.future.set_exception(PredictionFailed(f"the model failed on this request's {len(job.texts)} texts"))
+
+
+def plan_batches(lengths: Sequence[int], max_batch: int, overhead_tokens: float = 16.0) -> list[list[int]]:
+    """Split texts of token `lengths` into forward passes of similar length, at least cost.
+
+    A forward pass over n texts padded to length L costs about `overhead_tokens + n * L` token
+    positions (the overhead is the fixed cost of one pass, in tokens). Sorted by length, the cheapest
+    split into contiguous runs of at most `max_batch` texts is found exactly (dynamic programming,
+    O(n * max_batch)). Returns lists of indices into `lengths`, shortest texts first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]  # the run order[i:j] is padded to its last (longest) text
+        for i in range(max(0, j - max_batch), j):
+            cost = best[i] + overhead_tokens + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], n
+    while j > 0:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]

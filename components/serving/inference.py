@@ -13,6 +13,7 @@ with their 4xx status instead of a 500.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -49,8 +50,12 @@ def _client_error(err: RequestError) -> InferenceRequestError:
 
 
 def model_fn(model_dir: str, context: Any = None) -> TextClassifier:
-    """Load the model package that SageMaker extracted into `model_dir` (its `code/` folder is ignored)."""
-    clf = load_package(model_dir)
+    """Load the model package that SageMaker extracted into `model_dir` (its `code/` folder is ignored).
+
+    The environment variable `FINESHIP_BACKEND` (torchscript or onnx; default eager) serves the
+    package's parity-checked export instead of the eager model.
+    """
+    clf = load_package(model_dir, backend=os.environ.get("FINESHIP_BACKEND", "eager") or "eager")
     log.info("fineship model_fn: %d labels from %s on %s", len(clf.labels), model_dir, clf.device)
     return clf
 
