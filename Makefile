@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing can pull a CUDA build on a CPU machine
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,aws]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,aws,onnx]"
 	touch $(STAMP)
 
 install: $(STAMP)
