@@ -54,11 +54,13 @@ def _record(result: ExportResult, tracking_uri: str, run_id: str) -> None:
 
 
 @task(name="export-model", timeout_seconds=3600, cache_policy=NO_CACHE)
-def export_model(package_dir: str, kind: str, texts: list[str], tracking_uri: str, run_id: str) -> ExportResult:
+def export_model(package_dir: str, kind: str, texts: list[str], tracking_uri: str,
+                 run_id: str | None) -> ExportResult:
     """Export the package (`torchscript` or `onnx`), check parity in a fresh process, record the verdict.
 
     The parity report and latency table go to the MLflow run and to a Prefect artifact whether the
-    check passed or not; a failed check then raises `ExportError`, which stops the deployment.
+    check passed or not (MLflow only when the version has a `run_id`); a failed check then raises
+    `ExportError`, which stops the deployment.
     """
     logger = get_run_logger()
     texts = list(texts)[:MAX_PARITY_TEXTS]
@@ -66,12 +68,14 @@ def export_model(package_dir: str, kind: str, texts: list[str], tracking_uri: st
         result = export_package(package_dir, kind, texts)
     except ExportError as err:
         if isinstance(err.result, ExportResult):
-            _record(err.result, tracking_uri, run_id)
+            if run_id:
+                _record(err.result, tracking_uri, run_id)
             create_markdown_artifact(_markdown(err.result), key=artifact_key(f"export-{kind}"),
                                      description=f"{kind} export parity (refused)")
         logger.error("%s export refused: %s", kind, err)
         raise
-    _record(result, tracking_uri, run_id)
+    if run_id:
+        _record(result, tracking_uri, run_id)
     create_markdown_artifact(_markdown(result), key=artifact_key(f"export-{kind}"),
                              description=f"{kind} export parity and latency")
     logger.info("%s export passed parity on %d texts (max |diff| %.2e) -> %s", kind, result.parity.n_texts,
