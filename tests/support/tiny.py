@@ -40,9 +40,9 @@ def build_tiny_gpt2(out_dir: str | Path, texts: list[str], seed: int = 0) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=600, min_frequency=1, special_tokens=["<|endoftext|>"])
-    bpe.save_model(str(out))
-    tok = GPT2TokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"),
-                            eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    # transformers 5 ignores vocab_file/merges_file here; wrap the trained `tokenizers` object instead.
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, num_labels=2,
                      pad_token_id=tok.eos_token_id)
     GPT2ForSequenceClassification(cfg).save_pretrained(out)
