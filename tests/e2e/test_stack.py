@@ -33,8 +33,14 @@ def stack(tmp_path_factory):
         state = up(free_port(), free_port(), deployments=True)
         for k, v in stack_env(state).items():
             mp.setenv(k, v)
+        # A session-wide prefect_test_harness from other tests may be active: its settings context beats the
+        # environment, so point this process's Prefect client at the stack explicitly.
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
         try:
-            yield state, home
+            with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url,
+                                             PREFECT_UI_URL: state.prefect_ui_url}):
+                yield state, home
         finally:
             pids = [s.pid for s in state.services]
             down(quiet=True)
