@@ -130,14 +130,18 @@ def _policy_hash(policy: ValidationPolicy, reference: DataProfile | None) -> str
 
 @task(name="split-data", timeout_seconds=900, cache_policy=DATA_CACHE, persist_result=True,
       cache_expiration=timedelta(days=7))
-def split_data(df: pd.DataFrame, fingerprints: str, text_col: str, label_col: str, train: float, validation: float,
-               test: float, seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None,
-               near_duplicate_threshold: float | None = None) -> Splits:
-    """Split deterministically (or apply explicit evaluation files); publish sizes per class."""
+def compute_split(df: pd.DataFrame, fingerprints: str, text_col: str, label_col: str, train: float,
+                  validation: float, test: float, seed: int, validation_df: pd.DataFrame | None = None,
+                  test_df: pd.DataFrame | None = None, near_duplicate_threshold: float | None = None) -> Splits:
+    """Split deterministically (or apply explicit evaluation files); cached on the data's content hash."""
     if test_df is not None:
-        splits = explicit_splits(df, validation_df, test_df, text_col, label_col, seed, validation)
-    else:
-        splits = split_frame(df, text_col, label_col, train, validation, test, seed, near_duplicate_threshold)
+        return explicit_splits(df, validation_df, test_df, text_col, label_col, seed, validation)
+    return split_frame(df, text_col, label_col, train, validation, test, seed, near_duplicate_threshold)
+
+
+@task(name="publish-split", timeout_seconds=120, cache_policy=NO_CACHE)
+def publish_split(splits: Splits) -> None:
+    """Publish sizes per class as a table artifact: every run, cache hit or not."""
     m = splits.manifest
     classes = sorted({c for sizes in m.class_sizes.values() for c in sizes})
     create_table_artifact(
@@ -146,4 +150,13 @@ def split_data(df: pd.DataFrame, fingerprints: str, text_col: str, label_col: st
         key=artifact_key("split"), description=f"Split sizes per class (seed {m.seed}, leakage {m.leakage}, "
                                                f"{m.duplicate_groups} duplicate groups kept together, digest {m.digest})")
     get_run_logger().info("split %s, leakage %d, digest %s", m.sizes, m.leakage, m.digest)
+
+
+def split_data(df: pd.DataFrame, fingerprints: str, text_col: str, label_col: str, train: float, validation: float,
+               test: float, seed: int, validation_df: pd.DataFrame | None = None, test_df: pd.DataFrame | None = None,
+               near_duplicate_threshold: float | None = None) -> Splits:
+    """Split (cached) then publish the split's artifact."""
+    splits = compute_split(df, fingerprints, text_col, label_col, train, validation, test, seed, validation_df,
+                           test_df, near_duplicate_threshold)
+    publish_split(splits)
     return splits

@@ -80,11 +80,13 @@ def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_b
         training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0, "training.max_steps": 3}))
     # (the first run may itself hit a cache entry left by an earlier test on the same data)
     before = {name: _cached_task_runs(name) for name in ("check-data", "split-data")}
+    published = _artifact_count("split")
     with pytest.raises(GateRejected, match="nothing was registered"):
         training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0, "training.max_steps": 3}))
     assert _registry(fineship_home).find_version("e2e-news", "challenger") is None
     # the second run's validation and split came from the cache keyed on the data's content hash
     assert {name: _cached_task_runs(name) - n for name, n in before.items()} == {"check-data": 1, "split-data": 1}
+    assert _artifact_count("split") == published + 1  # a cache hit still publishes the run's split table
 
 
 def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_harness, fineship_home, tiny_bert):
@@ -150,6 +152,14 @@ def test_label_set_drift_against_champion_stops_the_run(prefect_harness, fineshi
         training_flow(_config(tiny_bert, **{"data.path": str(renamed), "training.max_steps": 5,
                                             "data.labels": "[business, entertainment, politics, sport, science]"}))
     assert [v.version for v in _registry(fineship_home).list_versions("e2e-news")] == ["1"]
+
+
+def _artifact_count(key: str) -> int:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
 
 
 def _cached_task_runs(name: str) -> int:
