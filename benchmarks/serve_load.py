@@ -228,7 +228,7 @@ def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: di
                "fineship": (f_port, start(fineship_cmd, f_port, workdir / f"fineship-{dataset}.log", env))}
     rows = []
     try:
-        for name, (port, _) in servers.items():  # warm-up: first forwards, allocator, connections
+        for port, _ in servers.values():  # warm-up: first forwards, allocator, connections
             run_load(port, bodies, max(args.clients), args.warmup)
         offset = args.warmup
         for clients in args.clients:

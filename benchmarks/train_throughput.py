@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, write_section  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 BATCH_SIZE = 16

@@ -10,7 +10,7 @@ from components.config import PipelineConfig
 from components.data.io import DatasetRef
 from components.data.profile import DataProfile
 from components.data.validation import ValidationPolicy, ValidationReport
-from components.errors import DataValidationError, GateRejected
+from components.errors import GateRejected
 from components.evaluation.gate import GateDecision
 from components.evaluation.metrics import EvaluationReport
 from components.provenance import config_hash, git_commit

@@ -148,12 +148,13 @@ def _group_anchors(norm: pd.Series, threshold: float | None, seed: int) -> pd.Se
     """For each row, the smallest normalised text of its duplicate group (exact, or MinHash near-duplicate)."""
     if threshold is None or len(norm) < 2:
         return norm
-    from components.data.near_dup import near_duplicate_groups
+    from components.data.near_dup import near_duplicate_groups, paused_gc
 
     uniques = sorted(set(norm))  # sorted: grouping must not depend on row order, and roots are the smallest texts
     roots = near_duplicate_groups(uniques, threshold, seed=seed)
-    by_text = {t: uniques[r] for t, r in zip(uniques, roots.tolist())}
-    return pd.Series([by_text[t] for t in norm.tolist()], index=norm.index, dtype=object)
+    with paused_gc():
+        by_text = {t: uniques[r] for t, r in zip(uniques, roots.tolist())}
+        return pd.Series([by_text[t] for t in norm.tolist()], index=norm.index, dtype=object)
 
 
 def explicit_splits(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, test_df: pd.DataFrame,

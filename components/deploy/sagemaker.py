@@ -899,7 +899,8 @@ def _wait_in_service(clients: AwsClients, name: str, waiter_config: dict[str, An
         status = last.get("EndpointStatus", "unknown")
         seconds = waiter_config["Delay"] * waiter_config["MaxAttempts"]
         if status == "Failed":
-            raise DeploymentError(f"endpoint {name} ended in Failed: {last.get('FailureReason', 'no reason given')}")
+            raise DeploymentError(
+                f"endpoint {name} ended in Failed: {last.get('FailureReason', 'no reason given')}") from None
         if "Max attempts exceeded" in str(err):
             raise DeploymentError(f"endpoint {name} was not InService within {seconds:.0f} s (still {status}); "
                                   "raise the wait timeout or see its CloudWatch logs") from None

@@ -156,7 +156,7 @@ def test_a_person_pastes_text_and_sees_the_label_and_a_bar_per_label(server: Ser
     assert label == expected["label"]
     bars = json.loads(bars)
     assert [b[0] for b in bars] == sorted(expected["scores"], key=expected["scores"].get, reverse=True)
-    for name, score, width in bars:
+    for name, score, _width in bars:
         assert score == pytest.approx(expected["scores"][name], abs=1e-6)
     widths = [float(w) for _, _, w in bars]
     assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]  # bars scale with the scores
