@@ -44,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 STAGES = ["load-dataset", "check-data", "publish-validation", "split-data", "publish-split", "fine-tune", "evaluate",
-          "gate",
-          "verify-package", "register-model"]
+          "gate", "verify-package", "register-model"]
 
 
 # -- the direct path --------------------------------------------------------------------------------
