@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(if $(RUN_SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows tasks components infra tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf .fineship build dist *.egg-info .pytest_cache

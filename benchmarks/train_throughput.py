@@ -160,7 +160,7 @@ def main() -> None:
         labels = sorted(train.label.unique())
         print(f"\n== {name}: {len(train)} training and {len(test)} test rows, {epochs} epochs, batch "
               f"{BATCH_SIZE}, torch threads {torch.get_num_threads()}", flush=True)
-        runs = {"tutorial (max_length padding, Adam 5e-5, fp32)": tutorial_run(model_path, train, test, labels, epochs)}
+        runs = {f"tutorial (max_length padding, Adam {TUTORIAL_LR:g}, fp32)": tutorial_run(model_path, train, test, labels, epochs)}
         print("tutorial done", runs, flush=True)
         auto = fineship_run(train, test, labels, epochs, "auto", args.threads)
         runs[f"fineship (defaults: precision auto = {auto['precision_used']})"] = auto
