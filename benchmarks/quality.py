@@ -33,10 +33,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks._report import machine, write_section  # noqa: E402
 from benchmarks.train_throughput import DATA, load_dataset  # noqa: E402
 
-# Per dataset: max_length (SMS texts are short; BBC articles are long: 512 tokens covers most of one),
-# epochs, learning rate. Batch 16, AdamW with warm-up, early stopping (patience 2) as in the defaults.
+# Per dataset: max_length (SMS texts are short; BBC articles are long, median ~420 tokens), epochs, learning
+# rate. Batch 16, AdamW with warm-up, early stopping (patience 2) as in the defaults. BBC at 256 tokens: 512
+# scored the same on test and took 43 minutes, over the 30-minute budget (docs/benchmarks.md, "Quality").
 SETTINGS = {"sms-spam": {"max_length": 64, "epochs": 3, "learning_rate": 1e-4},
-            "bbc-news": {"max_length": 512, "epochs": 3, "learning_rate": 1e-4}}
+            "bbc-news": {"max_length": 256, "epochs": 3, "learning_rate": 1e-4}}
 TARGETS = {"sms-spam": "macro-F1 >= 0.95", "bbc-news": "accuracy >= 0.975, training < 30 min"}
 
 
