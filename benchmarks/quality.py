@@ -85,7 +85,7 @@ def run(name: str, data_dir: Path, threads: int | None) -> dict[str, float | str
     for w in trained.health:
         print("  health:", w.message)
     # About 0.75 words per word-piece token in English news: the transformer sees roughly this many words.
-    seen_words = int(SETTINGS[name]["max_length"] * 0.75)
+    seen_words = int(cfg.max_length * 0.75)
     baseline_full, baseline_cut = tfidf_baseline(s.train, s.test), tfidf_baseline(s.train, s.test, seen_words)
     print(f"  TF-IDF + LinearSVC on the same split: full text {baseline_full:.4f}, first {seen_words} words "
           f"{baseline_cut:.4f}")
