@@ -1,4 +1,4 @@
-"""Deployment tasks: local endpoint processes and their smoke test; SageMaker plan and execution."""
+"""Deployment tasks: the local endpoint (start, smoke test, roll back); SageMaker pre-flight, plan and execution."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components.deploy.local import DeploymentRecord, SmokeResult, smoke_test, start_endpoint, stop_endpoint
+from components.aws import AwsSettings
+from components.deploy.local import DeploymentRecord, LocalTarget, deploy_local
 from components.deploy.sagemaker import (
     AwsClients,
+    PreflightResult,
     PreparedDeployment,
     SageMakerDeploymentRecord,
     SageMakerTarget,
     execute_plan,
     prepare_deployment,
+    record_failure,
     require_preflight,
 )
 from components.package import load_package
@@ -24,46 +27,58 @@ from tasks.common import artifact_key, retry_transient
 @task(name="expected-predictions", timeout_seconds=600, cache_policy=NO_CACHE)
 def expected_predictions(package_dir: str, texts: list[str]) -> list[str]:
     """What the registered model predicts locally for the smoke-test texts."""
+    if not texts:
+        return []
     return [p.label for p in load_package(package_dir).predict(texts)]
 
 
-@task(name="start-local-endpoint", timeout_seconds=600, cache_policy=NO_CACHE)
-def start_local_endpoint(package_dir: str, endpoint_name: str, state_dir: str, host: str, port: int,
-                         model_name: str, model_version: str) -> DeploymentRecord:
-    """Start (or replace) the local endpoint and wait until `/ping` answers."""
-    record = start_endpoint(package_dir, endpoint_name, state_dir, host, port, model_name, model_version)
-    create_link_artifact(f"{record.url}/ping", link_text=f"endpoint {endpoint_name}", key=artifact_key("endpoint"))
-    return record
-
-
-@task(name="smoke-test", timeout_seconds=300, cache_policy=NO_CACHE)
-def smoke(url: str, texts: list[str], expected: list[str]) -> SmokeResult:
-    """Predict held-out texts over HTTP; every answer must match the registered model."""
-    result = smoke_test(url, texts, expected)
+@task(name="deploy-local-endpoint", timeout_seconds=900, cache_policy=NO_CACHE)
+def deploy_local_endpoint(target: LocalTarget, package_dir: str, model_name: str, version: str, texts: list[str],
+                          expected: list[str]) -> DeploymentRecord:
+    """Start the version on the local endpoint and smoke-test it over HTTP; on failure the previous version serves."""
+    record, result = deploy_local(target, package_dir, model_name, version, texts, expected)
+    create_link_artifact(f"{record.url}/ping", link_text=f"endpoint {target.endpoint_name}",
+                         key=artifact_key("endpoint"))
     rows = "\n".join(f"- `{t[:80]}` -> **{p['label']}** ({p['score']:.3f})" for t, p in zip(texts, result.predictions))
     create_markdown_artifact(f"# Smoke test passed: {result.agreed}/{result.n} agree\n\n{rows}",
                              key=artifact_key("smoke-test"), description="Smoke test over HTTP")
-    get_run_logger().info("smoke test: %d/%d predictions agree", result.agreed, result.n)
-    return result
+    get_run_logger().info("%s v%s serving at %s; smoke test %d/%d agree", model_name, version, record.url,
+                          result.agreed, result.n)
+    return record
 
 
-@task(name="stop-local-endpoint", timeout_seconds=60, cache_policy=NO_CACHE)
-def stop_local_endpoint(state_dir: str, endpoint_name: str) -> bool:
-    return stop_endpoint(state_dir, endpoint_name)
+@task(name="record-deployment-failure", timeout_seconds=120, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def record_deployment_failure(registry: MlflowRegistry, model_name: str, version: str, step: str, message: str,
+                              endpoint_name: str) -> None:
+    """Tag the version with the step a SageMaker deployment failed at."""
+    record_failure(registry, model_name, version, step, message, endpoint_name)
 
 
 # -- SageMaker ------------------------------------------------------------------------------------
 
+# Its own task, without retries: the checks are deterministic, run once per deployment, and run before
+# any client exists (a missing region is a pre-flight issue, not a botocore error).
+@task(name="sagemaker-preflight", timeout_seconds=300, cache_policy=NO_CACHE)
+def sagemaker_preflight(target: SageMakerTarget, package_dir: str) -> PreflightResult:
+    """Every check that needs no AWS call; raises `PreflightError` listing every issue."""
+    checked = require_preflight(target, package_dir)
+    get_run_logger().info("pre-flight passed for endpoint %s; image %s", target.endpoint_name, checked.image_uri)
+    return checked
+
+
 @task(name="prepare-sagemaker-deployment", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_transient,
       timeout_seconds=900, cache_policy=NO_CACHE)
-def prepare_sagemaker_deployment(target: SageMakerTarget, package_dir: str, model_name: str, version: str,
-                                 smoke_texts: list[str], work_dir: str, git_commit: str, training_commit: str | None,
-                                 region: str | None, endpoint_url: str | None) -> PreparedDeployment:
-    """Pre-flight checks, model.tar.gz, the endpoint's current state (read-only) and the plan."""
-    require_preflight(target, package_dir)  # before any client exists: a missing region is a pre-flight issue
-    prepared = prepare_deployment(target, package_dir, AwsClients.create(region, endpoint_url), model_name=model_name,
-                                  version=version, smoke_texts=smoke_texts, work_dir=work_dir, git_commit=git_commit,
-                                  training_commit=training_commit)
+def prepare_sagemaker_deployment(checked: PreflightResult, model_name: str, version: str, smoke_texts: list[str],
+                                 work_dir: str, git_commit: str, training_commit: str | None,
+                                 aws: AwsSettings, expected_files: dict[str, str] | None = None) -> PreparedDeployment:
+    """model.tar.gz, the endpoint's current state (read-only) and the plan, for a target that passed pre-flight.
+
+    With `expected_files` (the approval's signed digests), every package file written into the archive is hashed
+    from the bytes written and must match."""
+    prepared = prepare_deployment(checked, AwsClients.create(aws), model_name=model_name, version=version,
+                                  smoke_texts=smoke_texts, work_dir=work_dir, git_commit=git_commit,
+                                  training_commit=training_commit, expected_files=expected_files)
     plan = prepared.plan
     create_markdown_artifact(f"# SageMaker deployment plan `{plan.deploy_id}`\n\n```\n{plan.render(dry_run=False)}\n```",
                              key=artifact_key("sagemaker-plan"), description="Every AWS call of the deployment")
@@ -75,10 +90,10 @@ def prepare_sagemaker_deployment(target: SageMakerTarget, package_dir: str, mode
 # No task-level retries: the deployment is one transaction that rolls itself back on failure; transient
 # errors of single calls are retried by botocore (standard mode) inside it.
 @task(name="execute-sagemaker-deployment", cache_policy=NO_CACHE)
-def execute_sagemaker_deployment(prepared: PreparedDeployment, expected: list[str], tracking_uri: str,
-                                 region: str | None, endpoint_url: str | None) -> SageMakerDeploymentRecord:
+def execute_sagemaker_deployment(prepared: PreparedDeployment, expected: list[str], registry: MlflowRegistry,
+                                 aws: AwsSettings) -> SageMakerDeploymentRecord:
     """Upload, create, update, wait, smoke test and record; roll back and record the failure on any error."""
-    record = execute_plan(prepared, AwsClients.create(region, endpoint_url), expected, MlflowRegistry(tracking_uri))
+    record = execute_plan(prepared, AwsClients.create(aws), expected, registry)
     create_markdown_artifact(
         f"# {record.model_name} v{record.model_version} serving on SageMaker\n\n"
         f"Endpoint `{record.endpoint_name}` ({record.region}) on config `{record.endpoint_config}` "

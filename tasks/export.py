@@ -36,8 +36,7 @@ def _markdown(result: ExportResult) -> str:
     return "\n".join(out)
 
 
-def _record(result: ExportResult, tracking_uri: str, run_id: str) -> None:
-    registry = MlflowRegistry(tracking_uri)
+def _record(result: ExportResult, registry: MlflowRegistry, run_id: str) -> None:
     kind, p = result.kind, result.parity
     registry.log_dict(run_id, p.model_dump(mode="json"), f"export/{kind}/parity_report.json")
     registry.log_dict(run_id, [r.model_dump(mode="json") for r in result.latency], f"export/{kind}/latency.json")
@@ -54,7 +53,7 @@ def _record(result: ExportResult, tracking_uri: str, run_id: str) -> None:
 
 
 @task(name="export-model", timeout_seconds=3600, cache_policy=NO_CACHE)
-def export_model(package_dir: str, kind: str, texts: list[str], tracking_uri: str,
+def export_model(package_dir: str, kind: str, texts: list[str], registry: MlflowRegistry | None,
                  run_id: str | None) -> ExportResult:
     """Export the package (`torchscript` or `onnx`), check parity in a fresh process, record the verdict.
 
@@ -68,14 +67,14 @@ def export_model(package_dir: str, kind: str, texts: list[str], tracking_uri: st
         result = export_package(package_dir, kind, texts)
     except ExportError as err:
         if isinstance(err.result, ExportResult):
-            if run_id:
-                _record(err.result, tracking_uri, run_id)
+            if registry is not None and run_id:
+                _record(err.result, registry, run_id)
             create_markdown_artifact(_markdown(err.result), key=artifact_key(f"export-{kind}"),
                                      description=f"{kind} export parity (refused)")
         logger.error("%s export refused: %s", kind, err)
         raise
-    if run_id:
-        _record(result, tracking_uri, run_id)
+    if registry is not None and run_id:
+        _record(result, registry, run_id)
     create_markdown_artifact(_markdown(result), key=artifact_key(f"export-{kind}"),
                              description=f"{kind} export parity and latency")
     logger.info("%s export passed parity on %d texts (max |diff| %.2e) -> %s", kind, result.parity.n_texts,

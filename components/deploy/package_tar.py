@@ -15,6 +15,10 @@ Layout (what the SageMaker PyTorch inference container expects when `SAGEMAKER_P
 fineship to be installed from an index. The archive is deterministic (sorted entries, zero
 mtimes and owners, gzip without a timestamp): the same package gives the same bytes, so its
 SHA-256 can name the S3 object and a re-upload of identical content can be skipped.
+
+With `expected_files` (the approval signature's file digests), every package file is hashed as it is
+written into the tar, from the very bytes that go in, so what ships is what was approved: a changed,
+added or missing file stops the build with a `DeploymentStepError` naming it.
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ from __future__ import annotations
 import ast
 import gzip
 import hashlib
-import importlib.metadata
 import io
 import json
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from components.errors import DeploymentError
+from components.errors import DeploymentError, DeploymentStepError
+from components.provenance import pinned_requirements
 
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
 HANDLER = COMPONENTS_DIR / "serving" / "inference.py"
 EXPORT_DIR = "export"
+CODE_DIR = "code"
+BUILD_STEP = "build-archive"  # the deployer's step name (components.deploy.sagemaker.settings.BUILD)
+# Written next to the package files by the review; an approval signs every file but this one.
+SIGNATURE_FILE = "fineship.signature.json"
 # What the handler needs beyond the container's own torch and numpy, pinned to the versions the
 # local predictions (and the smoke test's expectations) were computed with. torch is not pinned:
 # the official image ships it, and a pin would pull a multi-GB wheel at every container start.
@@ -57,14 +66,7 @@ class ModelArchive(BaseModel):
 
 def runtime_requirements() -> list[str]:
     """`code/requirements.txt` lines: each runtime library pinned to the installed version."""
-    pins = []
-    for name in RUNTIME_PACKAGES:
-        try:
-            pins.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            raise DeploymentError(f"{name} is not installed here, so code/requirements.txt cannot pin it; "
-                                  "install fineship's dependencies (make install)") from None
-    return pins
+    return pinned_requirements(RUNTIME_PACKAGES)
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -138,13 +140,49 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_model_archive(package_dir: str | Path, out_path: str | Path, manifest: dict[str, str]) -> ModelArchive:
-    """Write `model.tar.gz` for `package_dir` to `out_path` (deterministic bytes for the same inputs)."""
+def in_approved_set(name: str) -> bool:
+    """Whether an archive member is one of the package files an approval lists: not the exports under
+    `export/` (made at deploy time), not `code/`, not the signature file itself."""
+    return not (name.startswith((f"{EXPORT_DIR}/", f"{CODE_DIR}/")) or name == SIGNATURE_FILE)
+
+
+def _approved_bytes(name: str, data: bytes, expected: Mapping[str, str], package_dir: str | Path) -> None:
+    if name not in expected:
+        raise DeploymentStepError(f"{name} in {package_dir} is not among the approved files: the package changed "
+                                  "after the approval; deploy the package exactly as approved or approve it again",
+                                  BUILD_STEP)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected[name]:
+        raise DeploymentStepError(f"{name} in {package_dir} differs from the approved file (sha256 {digest[:16]}..., "
+                                  f"approved {expected[name][:16]}...): the package changed after the approval; "
+                                  "deploy the package exactly as approved or approve it again", BUILD_STEP)
+
+
+def build_model_archive(package_dir: str | Path, out_path: str | Path, manifest: dict[str, str],
+                        expected_files: Mapping[str, str] | None = None) -> ModelArchive:
+    """Write `model.tar.gz` for `package_dir` to `out_path` (deterministic bytes for the same inputs).
+
+    `expected_files` (relative POSIX path -> SHA-256 hex of every package file, as the approval signature
+    lists them): each package file is checked against it from the bytes written into the tar, and the
+    package's files (without `export/`, `code/` and the signature file) must be exactly its files; any
+    difference raises `DeploymentStepError` naming the file.
+    """
     files = package_files(package_dir)
     if not files:
         raise DeploymentError(f"{package_dir} holds no files to package")
     requirements = runtime_requirements()
-    entries: list[tuple[str, bytes]] = [(name, f.read_bytes()) for name, f in files]
+    entries: list[tuple[str, bytes]] = []
+    for name, f in files:
+        data = f.read_bytes()  # read once: the bytes checked are the bytes written
+        if expected_files is not None and in_approved_set(name):
+            _approved_bytes(name, data, expected_files, package_dir)
+        entries.append((name, data))
+    if expected_files is not None:
+        written = {name for name, _ in entries}
+        missing = sorted(n for n in expected_files if in_approved_set(n) and n not in written)
+        if missing:
+            raise DeploymentStepError(f"approved file(s) {', '.join(missing)} missing from {package_dir}: deploy the "
+                                      "package exactly as approved or approve it again", BUILD_STEP)
     entries.append(("code/inference.py", HANDLER.read_bytes()))
     entries += [(f"code/components/{f.relative_to(COMPONENTS_DIR).as_posix()}", f.read_bytes())
                 for f in handler_modules()]

@@ -30,7 +30,8 @@ from tests.support.moto_server import aws_env_to_unset, boto3_env, moto_server, 
 # - moto_sagemaker_invoke: InvokeEndpoint runs the model.tar.gz the endpoint serves (real predictions);
 # - moto_sagemaker_update: UpdateEndpoint, Creating/Updating -> InService|Failed lifecycles, CreateModel
 #   role and model-data checks, fault injection (see each module's docstring).
-MOTO_SERVER_PLUGINS: tuple[str, ...] = ("tests.support.moto_sagemaker_invoke", "tests.support.moto_sagemaker_update")
+MOTO_SERVER_PLUGINS: tuple[str, ...] = ("tests.support.moto_sagemaker_invoke", "tests.support.moto_sagemaker_update",
+                                        "tests.support.moto_s3_integrity")
 
 
 @pytest.fixture(scope="session")

@@ -6,143 +6,71 @@ model data like AWS, and answer InvokeEndpoint from the model.tar.gz the endpoin
 model" is checked for real: predictions made from the uploaded artifact against predictions made
 locally from the registry's package.
 
-Two models are used: A, a 5-label classifier on the tiny random BERT, and B, the same network with
-one class bias raised so that some held-out predictions differ (which version serves shows in its
-answers).
+Models A and B (tests/support/sagemaker_deploy.py): B is A with one class bias raised, so which version
+serves shows in its answers. Lost answers, crashes, concurrent deployments and tampered archives are in
+test_sagemaker_deploy_state.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pytest
 
-from components.deploy.sagemaker import (
-    AwsClients,
-    DeploymentStepError,
-    SageMakerTarget,
-    deploy_to_sagemaker,
-    rollback_alarm_names,
+from components.deploy.sagemaker import AwsClients, SageMakerTarget, checks, deploy_to_sagemaker
+from components.errors import DeploymentError, DeploymentStepError, PreflightError
+from tests.support.sagemaker_deploy import (
+    BUCKET,
+    COMMIT,
+    FAST,
+    REGION,
+    PreflightCounter,
+    build_packages,
+    held_out_texts,
+    locks_held,
+    make_aws,
+    moto_api,
+    moto_state,
+    put_alarms,
 )
-from components.errors import DeploymentError
-from components.provenance import git_commit
-from tests.support.tiny import REPO, seed_mlflow_db
+from tests.support.sagemaker_deploy import inventory as _inventory
+from tests.support.sagemaker_deploy import invoke as _invoke
+from tests.support.sagemaker_deploy import serving as _serving
+from tests.support.sagemaker_deploy import target as _any_target
+from tests.support.tiny import seed_mlflow_db
 
-REGION = "us-east-1"
-BUCKET = "fineship-dev-artifacts-test"
-ROLE_NAME = "fineship-dev-sagemaker-execution"
 MODEL = "sm-news"
 FAULT_MODEL = "sm-faults"
 FAULTS_EP = "faults-ep"
-COMMIT = git_commit(REPO)  # what the flow records, so equal packages give equal archives (and share a container)
-TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
-                                                 "Action": "sts:AssumeRole"}]}
-# Fast timings for moto: poll every 0.2 s, no baking, no termination wait.
-FAST = {"poll_seconds": 0.2, "wait_timeout_seconds": 120, "rollback_timeout_seconds": 120,
-        "wait_interval_seconds": 0, "termination_wait_seconds": 0}
-
-
-def _moto_api(url: str, path: str, body: dict | None = None, method: str = "POST") -> None:
-    data = json.dumps(body or {}).encode()
-    request = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as r:
-        assert r.status in (200, 201), r.read()
 
 
 @pytest.fixture(scope="module")
 def aws(moto_endpoint: str):
-    """The account as infra/aws/fineship.yaml leaves it: artifact bucket and the SageMaker execution role."""
-    s3, iam = boto3.client("s3"), boto3.client("iam")
-    s3.create_bucket(Bucket=BUCKET)
-    try:
-        role_arn = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]["Arn"]
-    except iam.exceptions.EntityAlreadyExistsException:
-        role_arn = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
-    return SimpleNamespace(url=moto_endpoint, role_arn=role_arn, clients=AwsClients.create(REGION, moto_endpoint),
-                           cloudwatch=boto3.client("cloudwatch"))
+    return make_aws(moto_endpoint)
 
 
-def _alarms(aws, endpoint: str) -> tuple[str, str]:
-    """The stack's two rollback alarms for `endpoint` (moto's CloudFormation skips alarms: put them directly)."""
-    names = rollback_alarm_names("fineship", "dev", endpoint)
-    for name, metric, stat in zip(names, ("Invocation5XXErrors", "ModelLatency"), ("Sum", "Average")):
-        aws.cloudwatch.put_metric_alarm(
-            AlarmName=name, Namespace="AWS/SageMaker", MetricName=metric, Statistic=stat, Period=60,
-            EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
-            TreatMissingData="notBreaching",
-            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}])
-    return names
+@pytest.fixture
+def preflight_calls(monkeypatch) -> PreflightCounter:
+    counter = PreflightCounter()
+    monkeypatch.setattr(checks, "preflight", counter)
+    return counter
 
 
 @pytest.fixture(scope="module")
 def texts(sample_df) -> list[str]:
-    """Held-out examples: one text per class."""
-    return sample_df.groupby("label").head(1).text.tolist()
-
-
-def _classifier_package(tiny_bert: Path, out: Path, seed: int, bias: dict[int, float] | None = None) -> Path:
-    """A 5-label package on the tiny BERT: random classifier head (seeded), optional bias offsets."""
-    import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    from components.package import PackageMeta, save_package
-    from tests.support.tiny import LABELS
-
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=len(LABELS),
-                                                          ignore_mismatched_sizes=True)
-    with torch.no_grad():
-        model.classifier.weight.mul_(20.0)  # spread the logits so that texts get different labels
-        for i, offset in (bias or {}).items():
-            model.classifier.bias[i] += offset
-    return save_package(model, AutoTokenizer.from_pretrained(tiny_bert), out,
-                        PackageMeta(labels=LABELS, max_length=48))
+    return held_out_texts(sample_df)
 
 
 @pytest.fixture(scope="module")
-def packages(tiny_bert: Path, tmp_path_factory, texts):
-    """Model A, and model B: A with one class bias raised so that the first text gets another label."""
-    from components.package import load_package
-    from tests.support.tiny import LABELS
-
-    root = tmp_path_factory.mktemp("packages")
-    a = _classifier_package(tiny_bert, root / "a", seed=7)
-    logits = load_package(a).logits(texts)
-    now = int(logits[0].argmax())
-    # not the middle label: reversing the label order (the smoke-test fault) must change B's answers
-    other = next(i for i in range(len(LABELS)) if i not in (now, len(LABELS) // 2))
-    b = _classifier_package(tiny_bert, root / "b", seed=7, bias={other: float(logits[0][now] - logits[0][other]) + 1.0})
-    labels_a = [p.label for p in load_package(a).predict(texts)]
-    labels_b = [p.label for p in load_package(b).predict(texts)]
-    assert labels_a != labels_b and labels_b != [LABELS[len(LABELS) - 1 - LABELS.index(x)] for x in labels_b]
-    return SimpleNamespace(a=a, b=b, labels_a=labels_a, labels_b=labels_b)
+def packages(tiny_bert, tmp_path_factory, texts):
+    return build_packages(tiny_bert, tmp_path_factory.mktemp("packages"), texts)
 
 
-def _invoke(aws, endpoint: str, texts: list[str]) -> list[str]:
-    r = aws.clients.runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json",
-                                            Accept="application/json", Body=json.dumps({"inputs": texts}))
-    return [p["label"] for p in json.loads(r["Body"].read())["predictions"]]
-
-
-def _inventory(aws, endpoint: str) -> dict[str, set[str]]:
-    """Every model, endpoint config and artifact object this endpoint's deployments own."""
-    sm = aws.clients.sagemaker
-    prefix = f"{endpoint}-v"
-    objects = aws.clients.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
-    return {"models": {m["ModelName"] for m in sm.list_models()["Models"] if m["ModelName"].startswith(prefix)},
-            "configs": {c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]
-                        if c["EndpointConfigName"].startswith(prefix)},
-            "objects": {o["Key"] for o in objects}}
-
-
-def _serving(aws, endpoint: str) -> tuple[str, str]:
-    d = aws.clients.sagemaker.describe_endpoint(EndpointName=endpoint)
-    return d["EndpointStatus"], d["EndpointConfigName"]
+_alarms = put_alarms
+_moto_api = moto_api
+_moto_state = moto_state
 
 
 # -- the deployment flow: v1 created, v2 blue/green, v3 fails and v2 keeps serving ----------------
@@ -158,28 +86,31 @@ def prefect_api():
 
 @pytest.fixture(scope="module")
 def registry_home(tmp_path_factory, packages, texts):
-    """A fineship home whose MLflow registry holds approved versions 1 (A), 2 (B) and 3 (A) of sm-news."""
+    """A fineship home whose MLflow registry holds approved versions 1 (A), 2 (B) and 3 (A) of sm-news, signed by
+    a reviewer the operator trusts."""
     from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
-    from components.registry.review import approve
+    from tests.support.reviewers import approve_as, new_reviewers
 
     home = tmp_path_factory.mktemp("sagemaker-home")
     registry = MlflowRegistry(local_tracking_uri(seed_mlflow_db(home / "mlflow.db")), home / "artifacts")
     run = registry.start_run("sagemaker", "tiny")
-    tags = {"fineship.git_commit": "t3st"}
+    tags = {"fineship.git_commit": "t3st", "fineship.gate": "passed"}
     v1 = registry.log_and_register(run, packages.a, MODEL, texts, ["transformers"], tags)
     registry.log_and_register(run, packages.b, MODEL, texts, ["transformers"], tags)
     registry.client.create_model_version(MODEL, v1.source, run_id=run, tags=tags)  # v3: v1's logged model again
     registry.end_run(run)
+    reviewers = new_reviewers()
+    tester, policy = reviewers.signer("tester"), reviewers.policy(home)
     for version in ("1", "2", "3"):
-        approve(registry, MODEL, version, by="tester")
-    return SimpleNamespace(home=home, registry=registry)
+        approve_as(registry, MODEL, version, tester, policy)
+    return SimpleNamespace(home=home, registry=registry, reviewers=reviewers)
 
 
 @pytest.fixture
 def fineship_env(registry_home, aws, monkeypatch):
     env = {"FINESHIP_HOME": str(registry_home.home), "FINESHIP_AWS_REGION": REGION,
            "FINESHIP_AWS_ENDPOINT_URL": aws.url, "FINESHIP_SAGEMAKER_ROLE_ARN": aws.role_arn,
-           "FINESHIP_ARTIFACT_BUCKET": BUCKET}
+           "FINESHIP_ARTIFACT_BUCKET": BUCKET, **registry_home.reviewers.env()}
     monkeypatch.delenv("FINESHIP_TRACKING_URI", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -187,7 +118,7 @@ def fineship_env(registry_home, aws, monkeypatch):
 
 
 def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fineship_env, registry_home, aws,
-                                                               packages, texts):
+                                                               packages, texts, preflight_calls):
     from flows.deployment import DeployRequest, deployment_flow
 
     endpoint = "accept-ep"
@@ -195,17 +126,20 @@ def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fin
     sm, registry = aws.clients.sagemaker, registry_home.registry
 
     def request(version: str) -> DeployRequest:
-        return DeployRequest(model_name=MODEL, version=version, target="sagemaker", endpoint_name=endpoint, **FAST)
+        return DeployRequest(model_name=MODEL, version=version, target="sagemaker", endpoint_name=endpoint,
+                             sagemaker=FAST)
 
     # v1: the endpoint does not exist yet, so it is created
     v1 = deployment_flow(request("1"))
     assert v1.mode == "create" and v1.smoke.agreed == len(texts)
+    assert preflight_calls.take() == 1  # once per deployment
     assert _serving(aws, endpoint) == ("InService", v1.endpoint_config)
     assert _invoke(aws, endpoint, texts) == packages.labels_a
 
     # v2: a blue/green update with the stack's rollback alarms; v1's config stays as the rollback target
     v2 = deployment_flow(request("2"))
     assert v2.mode == "update" and v2.previous_config == v1.endpoint_config
+    assert preflight_calls.take() == 1
     d = sm.describe_endpoint(EndpointName=endpoint)
     assert (d["EndpointStatus"], d["EndpointConfigName"]) == ("InService", v2.endpoint_config)
     assert d["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
@@ -234,6 +168,7 @@ def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fin
     finally:
         aws.cloudwatch.set_alarm_state(AlarmName=alarms[0], StateValue="OK", StateReason="test over")
     assert isinstance(err.value, DeploymentStepError) and err.value.step == "wait-in-service"
+    assert preflight_calls.take() == 1
     assert "failed at step 'wait-in-service'" in str(err.value) and alarms[0] in str(err.value)
     assert _serving(aws, endpoint) == ("InService", v2.endpoint_config)
     assert _invoke(aws, endpoint, texts) == packages.labels_b
@@ -242,12 +177,6 @@ def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fin
     assert v3_tags["fineship.sagemaker.status"] == "failed"
     assert v3_tags["fineship.sagemaker.failed_step"] == "wait-in-service"
     assert registry.get_version(MODEL, version="2").tags["fineship.sagemaker.status"] == "deployed"
-
-
-def _moto_state(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=10) as r:
-        data = json.loads(r.read())
-    return {service: data.get(service) for service in ("sagemaker", "s3", "cloudwatch")}
 
 
 def test_cli_dry_run_prints_the_plan_and_changes_nothing(prefect_api, fineship_env, registry_home, aws, packages,
@@ -262,7 +191,8 @@ def test_cli_dry_run_prints_the_plan_and_changes_nothing(prefect_api, fineship_e
     _alarms(aws, endpoint)
     before, tags_before = _moto_state(aws.url), registry_home.registry.get_version(MODEL, version="3").tags
     args = ["deploy", "--model", MODEL, "--version", "3", "--target", "sagemaker", "--endpoint-name", endpoint,
-            "--dry-run", "--strategy", "linear", "--instance-count", "2", "--traffic-percent", "50"]
+            "--dry-run", "--set", "sagemaker.strategy=linear", "-s", "sagemaker.instance_count=2",
+            "--set", "sagemaker.traffic_percent=50"]
     with mock.patch.dict(os.environ):  # the command sets environment defaults; keep them out of other tests
         r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -274,6 +204,24 @@ def test_cli_dry_run_prints_the_plan_and_changes_nothing(prefect_api, fineship_e
     assert '"Type"="LINEAR"' in out and out.strip().splitlines()[-1].startswith("dry run:")
     assert _moto_state(aws.url) == before  # no model, config, endpoint change, object or tag was made
     assert registry_home.registry.get_version(MODEL, version="3").tags == tags_before
+
+
+def test_preflight_runs_once_per_deployment(prefect_api, fineship_env, registry_home, aws, preflight_calls,
+                                           monkeypatch):
+    """The flow's pre-flight task is the only pre-flight run: preparing the plan does not check again."""
+    from flows.deployment import DeployRequest, deployment_flow
+
+    request = DeployRequest(model_name=MODEL, version="1", target="sagemaker", endpoint_name="once-ep", dry_run=True,
+                            sagemaker=FAST)
+    plan = deployment_flow(request)
+    assert plan.mode == "create" and plan.endpoint_name == "once-ep"
+    assert preflight_calls.take() == 1
+    # a failed pre-flight stops there, once, before any client is built
+    monkeypatch.delenv("FINESHIP_ARTIFACT_BUCKET")
+    monkeypatch.setattr(AwsClients, "create", lambda aws: pytest.fail("a client was built after a failed pre-flight"))
+    with pytest.raises(PreflightError, match="FINESHIP_ARTIFACT_BUCKET"):
+        deployment_flow(request)
+    assert preflight_calls.take() == 1
 
 
 # -- fault injection at each step: the previous endpoint keeps serving, nothing is orphaned ---------
@@ -292,9 +240,8 @@ def fault_registry(tmp_path_factory, packages):
 
 
 def _target(aws, **overrides) -> SageMakerTarget:
-    return SageMakerTarget(**{"endpoint_name": FAULTS_EP, "region": REGION, "role_arn": aws.role_arn,
-                              "bucket": BUCKET, "rollback_alarms": rollback_alarm_names("fineship", "dev", FAULTS_EP),
-                              **FAST, **overrides})
+    """faults-ep's target; keys that are `SageMakerOptions` fields go to its options."""
+    return _any_target(aws, FAULTS_EP, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -308,11 +255,14 @@ def baseline(aws, packages, texts, fault_registry, tmp_path_factory):
 
 
 def _deploy_v3(aws, packages, texts, fault_registry, tmp_path, **overrides):
-    """Deploy model B as version 3 over the baseline; it must fail."""
-    with pytest.raises(DeploymentStepError) as err:
+    """Deploy model B as version 3 over the baseline; it must fail (after one pre-flight run)."""
+    counter = PreflightCounter()
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(DeploymentStepError) as err:
+        mp.setattr(checks, "preflight", counter)
         deploy_to_sagemaker(_target(aws, **overrides), packages.b, aws.clients, model_name=FAULT_MODEL, version="3",
                             smoke_texts=texts, expected=packages.labels_b, work_dir=tmp_path, git_commit=COMMIT,
                             recorder=fault_registry)
+    assert counter.calls == 1
     return err.value
 
 
@@ -320,6 +270,7 @@ def _assert_previous_serving(aws, baseline, packages, texts, fault_registry, ste
     assert _serving(aws, FAULTS_EP) == ("InService", baseline.record.endpoint_config)
     assert _invoke(aws, FAULTS_EP, texts) == packages.labels_a
     assert _inventory(aws, FAULTS_EP) == baseline.inventory
+    assert locks_held(aws) == []  # released in any case
     tags = fault_registry.get_version(FAULT_MODEL, version="3").tags
     assert tags["fineship.sagemaker.status"] == "failed" and tags["fineship.sagemaker.failed_step"] == step
     assert f"failed at step '{step}'" in tags["fineship.sagemaker.error"]

@@ -30,6 +30,8 @@ CreateModel: the `ExecutionRoleArn` must be an IAM role in moto that trusts sage
   duplicate names too.
 AddTags: overwrites the value of an existing key (moto appends a duplicate).
 InvokeEndpoint: see `moto_sagemaker_invoke`: real predictions from the artifact the endpoint serves.
+S3: importing this module also loads `moto_s3_integrity` (PutObject checks the checksum it is sent, and
+  conditional writes are atomic), which the deployer's archive reuse and lock rely on.
 
 Timing: transitions use moto's state manager under the model name `sagemaker::endpoint-deployment`.
 The default is `{"progression": "manual", "times": 1}`: the first DescribeEndpoint after the call
@@ -74,6 +76,7 @@ from moto.sagemaker.models import (
 from moto.sagemaker.responses import SageMakerResponse
 from moto.utilities.utils import get_partition
 
+from tests.support import moto_s3_integrity  # noqa: F401 - patches moto's S3 on import
 from tests.support import moto_sagemaker_invoke as invoke
 
 STATE_MODEL = "sagemaker::endpoint-deployment"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import re
@@ -10,31 +11,43 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from components.deploy.package_tar import HANDLER, build_model_archive, handler_modules
+from components.deploy.package_tar import BUILD_STEP, HANDLER, build_model_archive, handler_modules
 from components.deploy.sagemaker import (
+    BUILD,
     CREATE_ENDPOINT,
     UPDATE_ENDPOINT,
     UPLOAD,
     EndpointState,
+    JournalRecord,
     PreflightError,
+    PreflightResult,
+    SageMakerOptions,
     SageMakerTarget,
+    deploy_to_sagemaker,
+    parse_options,
     plan_deployment,
     preflight,
     prepare_deployment,
+    refused_by_aws,
     resource_name,
     rollback_alarm_names,
 )
+from components.errors import ConfigError, DeploymentStepError
 
 REPO = Path(__file__).resolve().parents[2]
-ROLE = "arn:aws:iam::123456789012:role/fineship-dev-sagemaker-execution"
+ROLE = "arn:aws:iam::123456789012:role/fineship-dev-sagemaker-serving"
 TEXTS = ["The striker scored twice.", "Shares fell after the warning."]
 
 
 def _target(**overrides) -> SageMakerTarget:
+    """A complete target; keys that are `SageMakerOptions` fields go to its options."""
+    options = {k: overrides.pop(k) for k in list(overrides) if k in SageMakerOptions.model_fields}
     base = {"endpoint_name": "fineship-dev", "region": "eu-west-1", "role_arn": ROLE,
-            "bucket": "fineship-dev-artifacts-1", "instance_type": "ml.m5.large"}
-    return SageMakerTarget(**{**base, **overrides})
+            "bucket": "fineship-dev-artifacts-1"}
+    return SageMakerTarget(**{**base, **overrides}, options=SageMakerOptions(**{"instance_type": "ml.m5.large",
+                                                                                **options}))
 
 
 def _checks(target: SageMakerTarget, package: Path) -> dict[str, str]:
@@ -65,9 +78,11 @@ def test_a_complete_target_passes_and_resolves_the_official_pytorch_image_offlin
 
 
 @pytest.mark.parametrize("memory", [512, 1536, 7168, 8192])
-def test_serverless_memory_must_be_whole_gigabytes_up_to_6(package, memory):
-    message = _checks(_target(serverless_memory_mb=memory), package)["serverless"]
-    assert f"{memory} MB is not allowed" in message and "1024, 2048, 3072, 4096, 5120, 6144" in message
+def test_serverless_memory_must_be_whole_gigabytes_up_to_6(memory):
+    with pytest.raises(ValidationError, match="serverless_memory_mb"):
+        SageMakerOptions(serverless_memory_mb=memory)
+    with pytest.raises(ConfigError, match=f"sagemaker.serverless_memory_mb: .* \\(got {memory}\\)"):
+        parse_options([f"sagemaker.serverless_memory_mb={memory}"])
 
 
 @pytest.mark.parametrize("memory", [1024, 6144])
@@ -77,10 +92,39 @@ def test_serverless_memory_bounds_are_allowed(package, memory):
 
 @pytest.mark.parametrize("concurrency, ok", [(0, False), (1, True), (200, True), (201, False)])
 def test_serverless_max_concurrency_is_1_to_200(package, concurrency, ok):
-    checks = _checks(_target(serverless_memory_mb=2048, serverless_max_concurrency=concurrency), package)
-    assert ("serverless" not in checks) == ok
-    if not ok:
-        assert "outside 1..200" in checks["serverless"]
+    if ok:
+        assert "serverless" not in _checks(_target(serverless_memory_mb=2048, serverless_max_concurrency=concurrency),
+                                           package)
+    else:
+        with pytest.raises(ValidationError, match="serverless_max_concurrency"):
+            SageMakerOptions(serverless_memory_mb=2048, serverless_max_concurrency=concurrency)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("instance_count", 0), ("data_capture_percent", 0), ("data_capture_percent", 101), ("traffic_percent", 0),
+    ("traffic_percent", 101), ("wait_interval_seconds", -1), ("wait_interval_seconds", 3601),
+    ("termination_wait_seconds", 3601), ("max_execution_timeout_seconds", 500), ("wait_timeout_seconds", 0),
+    ("rollback_timeout_seconds", -1), ("poll_seconds", 0), ("keep_previous", 0), ("strategy", "blue-green"),
+    ("lock_timeout_seconds", -1), ("lock_timeout_seconds", 86401),
+])
+def test_options_hold_sagemakers_limits(field, value):
+    with pytest.raises(ValidationError, match=field):
+        SageMakerOptions(**{field: value})
+
+
+def test_options_overrides_are_read_as_yaml_and_name_every_bad_field():
+    options = parse_options(["sagemaker.strategy=canary", "sagemaker.instance_count=4", "sagemaker.poll_seconds=0.5",
+                             "sagemaker.data_capture_percent=20", "sagemaker.torchscript=true"])
+    assert options == SageMakerOptions(strategy="canary", instance_count=4, poll_seconds=0.5, data_capture_percent=20,
+                                       torchscript=True)
+    assert parse_options([]) == SageMakerOptions()
+    with pytest.raises(ConfigError) as err:
+        parse_options(["sagemaker.instance_cnt=2", "sagemaker.traffic_percent=500"])
+    assert "sagemaker.instance_cnt: unknown field" in str(err.value) and "instance_count" in str(err.value)
+    assert "sagemaker.traffic_percent: Input should be less than or equal to 100 (got 500)" in str(err.value)
+    for bad in ("instance_count=2", "training.epochs=2", "sagemaker.a.b=1", "sagemaker.instance_count"):
+        with pytest.raises(ConfigError, match="sagemaker.field=value|sagemaker.<field>=<value>"):
+            parse_options([bad])
 
 
 def test_serverless_refuses_data_capture_big_images_and_too_much_provisioned_concurrency(package):
@@ -106,14 +150,14 @@ def test_a_model_too_big_for_serverless_memory_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("arn", [
-    "fineship-dev-sagemaker-execution",
+    "fineship-dev-sagemaker-serving",
     "arn:aws:iam::12345:role/x",
     "arn:aws:iam::123456789012:user/alice",
     "arn:aws:sts::123456789012:assumed-role/x/y",
 ])
 def test_role_arn_form(package, arn):
     message = _checks(_target(role_arn=arn), package)["role"]
-    assert "arn:aws:iam::<12-digit account>:role/<name>" in message and "SageMakerExecutionRoleArn" in message
+    assert "arn:aws:iam::<12-digit account>:role/<name>" in message and "SageMakerServingRoleArn" in message
 
 
 def test_gov_cloud_and_china_role_arns_are_accepted(package):
@@ -124,7 +168,7 @@ def test_gov_cloud_and_china_role_arns_are_accepted(package):
 def test_missing_settings_each_say_which_variable_to_set(package):
     checks = _checks(_target(region=None, role_arn=None, bucket=None), package)
     assert "FINESHIP_AWS_REGION" in checks["region"]
-    assert "FINESHIP_SAGEMAKER_ROLE_ARN" in checks["role"]
+    assert "FINESHIP_SAGEMAKER_ROLE_ARN" in checks["role"] and "SageMakerServingRoleArn" in checks["role"]
     assert "FINESHIP_ARTIFACT_BUCKET" in checks["bucket"]
     assert "is not an AWS region" in _checks(_target(region="europe"), package)["region"]
     assert "not a valid S3 bucket name" in _checks(_target(bucket="My_Bucket"), package)["bucket"]
@@ -136,8 +180,7 @@ def test_instance_and_traffic_shifting_limits(package):
     assert "at least 2 instances" in _checks(_target(strategy="canary"), package)["strategy"]
     assert "1..50%" in _checks(_target(strategy="canary", instance_count=4, traffic_percent=60), package)["strategy"]
     assert "10..50%" in _checks(_target(strategy="linear", instance_count=4, traffic_percent=5), package)["strategy"]
-    assert "0..3600" in _checks(_target(wait_interval_seconds=4000), package)["strategy"]
-    assert "..28800" in _checks(_target(max_execution_timeout_seconds=500), package)["strategy"]
+    assert "601..28800" in _checks(_target(max_execution_timeout_seconds=600), package)["strategy"]
     assert "at most 10" in _checks(_target(rollback_alarms=tuple(f"a{i}" for i in range(11))), package)["alarms"]
     assert _checks(_target(strategy="linear", instance_count=4, traffic_percent=20,
                            max_execution_timeout_seconds=1200), package) == {}
@@ -180,10 +223,10 @@ class _NoAws:
 
 def test_preflight_failures_are_raised_before_any_aws_call(package, tmp_path):
     with pytest.raises(PreflightError) as err:
-        prepare_deployment(_target(region=None, serverless_memory_mb=999), package, _NoAws(), model_name="m",
-                           version="1", smoke_texts=TEXTS, work_dir=tmp_path, git_commit="abc")
+        deploy_to_sagemaker(_target(region=None, instance_type="m5.large"), package, _NoAws(), model_name="m",
+                            version="1", smoke_texts=TEXTS, expected=None, work_dir=tmp_path, git_commit="abc")
     assert err.value.step == "pre-flight"
-    assert {i.check for i in err.value.issues} >= {"region", "serverless"}
+    assert {i.check for i in err.value.issues} >= {"region", "instance"}
     assert "nothing was called on AWS" in str(err.value)
     assert not any(tmp_path.iterdir())  # not even the archive was built
 
@@ -219,6 +262,91 @@ def test_archive_bytes_are_deterministic_and_include_exports(package, archive, t
     assert with_export.sha256 != archive.sha256
 
 
+# -- the archive holds exactly the approved files ------------------------------------------------
+
+def _approved_copy(package: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the package and the file digests an approval signature would list for it."""
+    from components.registry.signing import hash_package
+
+    pkg = tmp_path / "approved"
+    shutil.copytree(package, pkg)
+    return pkg, hash_package(pkg)
+
+
+def test_archive_built_from_the_approved_digests_is_the_same_archive(package, archive, tmp_path):
+    pkg, approved = _approved_copy(package, tmp_path)
+    checked = build_model_archive(pkg, tmp_path / "checked.tar.gz", {"git_commit": "abc"}, expected_files=approved)
+    assert checked.sha256 == archive.sha256  # the check changes nothing in the bytes
+    # exports (made at deploy time) and the signature file are not part of the approved set
+    (pkg / "export" / "torchscript").mkdir(parents=True)
+    (pkg / "export" / "torchscript" / "model.pt").write_bytes(b"ts")
+    (pkg / "fineship.signature.json").write_text("{}")
+    with_export = build_model_archive(pkg, tmp_path / "export.tar.gz", {"git_commit": "abc"}, expected_files=approved)
+    assert "export/torchscript/model.pt" in with_export.members
+
+
+@pytest.mark.parametrize("change, named, says", [
+    ("edit", "config.json", "differs from the approved file"),
+    ("add", "notes.txt", "is not among the approved files"),
+    ("remove", "config.json", "missing from"),
+])
+def test_archive_refuses_a_package_that_differs_from_the_approval(package, tmp_path, change, named, says):
+    pkg, approved = _approved_copy(package, tmp_path)
+    if change == "edit":
+        (pkg / named).write_bytes((pkg / named).read_bytes() + b" ")
+    elif change == "add":
+        (pkg / named).write_text("added after the approval")
+    else:
+        (pkg / named).unlink()
+    with pytest.raises(DeploymentStepError) as err:
+        build_model_archive(pkg, tmp_path / "out.tar.gz", {"git_commit": "abc"}, expected_files=approved)
+    assert err.value.step == BUILD_STEP == BUILD
+    assert named in str(err.value) and says in str(err.value)
+    assert not (tmp_path / "out.tar.gz").exists()  # refused before anything was written
+
+
+def test_prepare_checks_the_approved_digests_before_any_aws_call(package, tmp_path):
+    pkg, approved = _approved_copy(package, tmp_path)
+    checked = PreflightResult(target=_target(), package_dir=str(pkg), image_uri="img")
+    tampered = {**approved, "config.json": "0" * 64}
+    with pytest.raises(DeploymentStepError, match=r"config.json in .* differs from the approved file") as err:
+        prepare_deployment(checked, _NoAws(), model_name="news", version="1", smoke_texts=TEXTS,
+                           work_dir=tmp_path / "work", git_commit="abc", expected_files=tampered)
+    assert err.value.step == BUILD
+
+
+# -- what a lost answer means ---------------------------------------------------------------------
+
+def _client_error(status: int, retries: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": "ValidationException", "Message": "Cannot update in-progress endpoint"},
+                        "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": retries}}, "UpdateEndpoint")
+
+
+def test_only_a_4xx_to_the_first_attempt_proves_a_call_did_not_happen(archive):
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    assert refused_by_aws(_client_error(400, 0))
+    # after a retry the 4xx may answer the retry of a call whose first attempt went through
+    assert not refused_by_aws(_client_error(400, 1))
+    assert not refused_by_aws(_client_error(500, 0))
+    assert not refused_by_aws(ReadTimeoutError(endpoint_url="https://api.sagemaker.eu-west-1.amazonaws.com"))
+    assert not refused_by_aws(EndpointConnectionError(endpoint_url="https://x"))
+    assert not refused_by_aws(TimeoutError())
+    plan = plan_deployment(_target(), archive, EndpointState(exists=False), image_uri="img", model_name="news",
+                           version="7", git_commit="abc", smoke_texts=TEXTS, upload="new", deploy_id="d")
+    record = JournalRecord(deploy_id="d", owner="me", started_at="t", updated_at="t", plan=plan,
+                           options=SageMakerOptions(), entries=[
+                               {"step": "upload", "operation": "PutObject", "state": "done", "at": "t"},
+                               {"step": "create-model", "operation": "CreateModel", "state": "refused", "at": "t"},
+                               {"step": "create-endpoint", "operation": "CreateEndpoint", "state": "intended",
+                                "at": "t"}])
+    assert record.possibly_made("upload") and record.possibly_made("create-endpoint")
+    assert not record.possibly_made("create-model") and not record.possibly_made("create-endpoint-config")
+    assert JournalRecord.model_validate_json(record.model_dump_json()) == record  # what a later process reads
+
+
 # -- the plan -----------------------------------------------------------------------------------
 
 def _ops(calls) -> list[str]:
@@ -235,6 +363,14 @@ def test_create_plan_lists_every_call_in_order(archive):
     assert [c.step for c in plan.calls][:4] == [UPLOAD, "create-model", "create-endpoint-config", CREATE_ENDPOINT]
     assert _ops(plan.on_failure) == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel", "DeleteObject",
                                      "SetModelVersionTag"]
+    upload = plan.calls[0].params  # S3 verifies the body against the digest and keeps it for later HeadObjects
+    assert upload["ChecksumAlgorithm"] == "SHA256"
+    assert base64.b64decode(upload["ChecksumSHA256"]).hex() == archive.sha256 == plan.archive_sha256
+    assert plan.lock_keys == ["fineship/deployments/locks/endpoint/fineship-dev.json",
+                              "fineship/deployments/locks/model/news.json"]
+    assert plan.journal_key == "fineship/deployments/journals/fineship-dev/20250101-ab12.json"
+    rendered = plan.render()
+    assert '"IfNoneMatch"="*"' in rendered and plan.journal_key in rendered and "before it is made" in rendered
     model = plan.calls[1].params
     assert model["PrimaryContainer"]["ModelDataUrl"] == plan.model_data_url
     assert plan.model_data_url == f"s3://fineship-dev-artifacts-1/fineship/models/news/v7/{archive.sha256[:16]}/model.tar.gz"
@@ -321,13 +457,61 @@ def test_deploy_request_maps_to_a_sagemaker_target(monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("FINESHIP_SAGEMAKER_ENDPOINT_NAME", raising=False)
     monkeypatch.delenv("FINESHIP_ROLLBACK_ALARMS", raising=False)
-    request = DeployRequest(model_name="news", alias="champion", target="sagemaker", serverless_memory_mb=2048,
-                            strategy="all_at_once", dry_run=True)
+    request = DeployRequest(model_name="news", alias="champion", target="sagemaker",
+                            sagemaker={"serverless_memory_mb": 2048, "strategy": "all_at_once"}, dry_run=True)
     target = request.sagemaker_target(Settings())
     assert target.endpoint_name == "fineship-prod" and target.region == "eu-west-1" and target.serverless
+    assert target.options is request.sagemaker and target.options.serverless_memory_mb == 2048
     assert target.rollback_alarms == rollback_alarm_names("fineship", "prod", "fineship-prod")
     monkeypatch.setenv("FINESHIP_ROLLBACK_ALARMS", '["mine"]')
     assert DeployRequest(model_name="n", version="1", target="sagemaker", endpoint_name="other") \
         .sagemaker_target(Settings()).rollback_alarms == ("mine",)
     with pytest.raises(ValidationError, match="apply to --target sagemaker only"):
         DeployRequest(model_name="news", version="1", dry_run=True)
+    with pytest.raises(ValidationError, match="apply to --target sagemaker only"):
+        DeployRequest(model_name="news", version="1", sagemaker={"torchscript": True})
+    with pytest.raises(ValidationError, match="sagemaker.serverless_memory_mb"):
+        DeployRequest(model_name="news", version="1", target="sagemaker", sagemaker={"serverless_memory_mb": 999})
+
+
+def test_one_options_model_for_the_cli_the_form_and_the_target():
+    """The deploy-model form's `sagemaker` section is `SageMakerOptions`, with its limits and descriptions."""
+    from flows.deployment import DeployRequest
+
+    assert DeployRequest.model_fields["sagemaker"].annotation is SageMakerOptions
+    assert SageMakerTarget.model_fields["options"].annotation is SageMakerOptions
+    schema = SageMakerOptions.model_json_schema()["properties"]
+    assert all(p.get("description") for p in schema.values())
+    memory = next(s for s in schema["serverless_memory_mb"]["anyOf"] if s["type"] == "integer")
+    assert (memory["minimum"], memory["maximum"], memory["multipleOf"]) == (1024, 6144, 1024)
+    assert (schema["serverless_max_concurrency"]["minimum"], schema["serverless_max_concurrency"]["maximum"]) == (1, 200)
+    # no SageMaker option is written twice: the request and the target hold it only through `sagemaker`/`options`
+    for model in (DeployRequest, SageMakerTarget):
+        assert not set(model.model_fields) & set(SageMakerOptions.model_fields)
+
+
+def test_cli_deploy_takes_sagemaker_options_as_set_overrides(tmp_path, monkeypatch):
+    import os
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("FINESHIP_HOME", str(tmp_path / "home"))
+    base = ["deploy", "--model", "news", "--version", "1"]
+    cases = [
+        (["--target", "sagemaker", "--set", "sagemaker.instance_cnt=2"], "sagemaker.instance_cnt: unknown field"),
+        (["--target", "sagemaker", "-s", "sagemaker.serverless_memory_mb=1000"], "sagemaker.serverless_memory_mb"),
+        (["--target", "sagemaker", "--set", "instance_count=2"], "sagemaker.<field>=<value>"),
+        (["--set", "sagemaker.instance_count=2"], "apply to --target sagemaker only"),
+        (["--torchscript"], "apply to --target sagemaker only"),
+    ]
+    for args, message in cases:
+        with mock.patch.dict(os.environ):  # the command sets environment defaults; keep them out of other tests
+            r = CliRunner().invoke(app, base + args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output, (args, r.output)
+    with mock.patch.dict(os.environ):
+        r = CliRunner().invoke(app, ["deploy", "--help"])
+    assert "--set" in r.output and "--instance-type" not in r.output and "--strategy" not in r.output
