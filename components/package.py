@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,9 +35,35 @@ class PackageMeta(BaseModel):
     labels: list[str] = Field(description="Label names in logit order.")
     max_length: int = 128
     padding_side: str = "right"
-    text_preprocessing: str = "strip"
+    text_preprocessing: str = Field(default="strip", description="How texts are cleaned before tokenising: "
+                                    "'strip' (leading and trailing whitespace) or 'none'. See `preprocess`.")
     base_model: str | None = None
     created_at: float = Field(default_factory=time.time)
+
+
+def _keep(text: str) -> str:
+    return text
+
+
+# `text_preprocessing` mode -> what it does to one text.
+TEXT_PREPROCESSING: dict[str, Callable[[str], str]] = {"strip": str.strip, "none": _keep}
+
+
+def preprocess(texts: Sequence[str], mode: str | PackageMeta) -> list[str]:
+    """The texts as the model sees them under a package's `text_preprocessing` mode (or its `PackageMeta`).
+
+    The one place texts are cleaned: training tokenises what this returns, and so does every serving path
+    (eager and exported models, the HTTP server, the SageMaker handler), so the two cannot drift apart.
+    "strip" removes leading and trailing whitespace; "none" keeps texts as they are. Any other mode raises
+    `ModelPackageError`, whatever `texts` holds.
+    """
+    name = mode.text_preprocessing if isinstance(mode, PackageMeta) else mode
+    clean = TEXT_PREPROCESSING.get(name)
+    if clean is None:
+        raise ModelPackageError(f"unknown text_preprocessing {name!r}; {PACKAGE_FILE} must name one of "
+                                f"{', '.join(TEXT_PREPROCESSING)} (or upgrade fineship, if a newer one wrote "
+                                f"the package)")
+    return [clean(t) for t in texts]
 
 
 def resolve_device(preference: str = "auto") -> str:
@@ -69,6 +95,13 @@ def check_package(path: str | Path) -> list[str]:
     return missing
 
 
+def require_complete(path: str | Path) -> None:
+    """Raise `ModelPackageError` naming what the package directory is missing (see `check_package`)."""
+    missing = check_package(path)
+    if missing:
+        raise ModelPackageError(f"model package {path} is incomplete: missing {', '.join(missing)}")
+
+
 def save_package(model: Any, tokenizer: Any, out_dir: str | Path, meta: PackageMeta) -> Path:
     """Write `model`, `tokenizer` and `fineship.json` into `out_dir` (safetensors weights)."""
     out = Path(out_dir)
@@ -94,6 +127,7 @@ def read_meta(path: str | Path) -> PackageMeta:
             raise ModelPackageError(
                 f"{f} has format version {meta.format_version}; this fineship reads up to {FORMAT_VERSION}: upgrade fineship"
             )
+        preprocess((), meta)  # an unknown mode fails here, when the package loads, not on its first text
         return meta
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
@@ -134,16 +168,11 @@ class TextClassifier:
         self.device = device
         self.labels = list(meta.labels)
 
-    def _prepare(self, texts: Sequence[str]) -> list[str]:
-        if self.meta.text_preprocessing == "strip":
-            return [t.strip() for t in texts]
-        return list(texts)
-
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Raw logits, shape (len(texts), n_labels), computed in length-sorted batches."""
         import torch
 
-        texts = self._prepare(texts)
+        texts = preprocess(texts, self.meta)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -179,9 +208,6 @@ class TextClassifier:
         return preds
 
 
-BACKENDS = ("eager", "torchscript", "onnx")
-
-
 def load_tokenizer(path: str | Path, meta: PackageMeta) -> Any:
     """The package's tokenizer with its padding side, and a pad token (end-of-text for GPT-2 and kin)."""
     from transformers import AutoTokenizer
@@ -196,24 +222,16 @@ def load_tokenizer(path: str | Path, meta: PackageMeta) -> Any:
     return tokenizer
 
 
-def load_package(path: str | Path, device: str = "auto", backend: str = "eager") -> TextClassifier:
-    """Load a package (or plain Hugging Face classifier directory) for inference.
+def load_package(path: str | Path, device: str = "auto") -> TextClassifier:
+    """Load a package (or plain Hugging Face classifier directory) for inference with its eager model.
 
-    `backend` "torchscript" or "onnx" serves the package's export under `export/<backend>/` instead of
-    the eager model; it loads only when that export passed its parity check (see `components.export`).
+    A server that may serve one of the package's exports instead picks it with
+    `components.serving.backends.load_backend`.
     """
     from transformers import AutoModelForSequenceClassification
 
-    if backend not in BACKENDS:
-        raise ModelPackageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     p = Path(path)
-    missing = check_package(p)
-    if missing:
-        raise ModelPackageError(f"model package {p} is incomplete: missing {', '.join(missing)}")
-    if backend != "eager":
-        from components.export.runtime import load_export
-
-        return load_export(p, backend, device)
+    require_complete(p)
     meta = read_meta(p)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(p, meta)

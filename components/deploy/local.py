@@ -1,5 +1,8 @@
 """Local endpoints: the inference server as a real background process speaking the SageMaker contract.
 
+Redeployments are blue/green (`deploy_local`): the new version is checked beside the old one and then
+takes over its port (components/serving/handover.py); a failing new version never takes traffic.
+
 Each endpoint has a JSON record (pid, port, model version) in a state directory, so the CLI
 can report, stop or roll back what an earlier process started.
 """
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,10 +24,15 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.errors import DeploymentError
+from components.errors import DeploymentError, DeploymentStepError
 from components.procs import free_port, pid_alive, terminate_group
 
 log = logging.getLogger(__name__)
+
+# The steps of a local deployment, named like the SageMaker deployer's (errors and records carry them).
+START = "endpoint-start"
+SMOKE = "smoke-test"
+HANDOVER = "port-handover"
 
 
 class DeploymentRecord(BaseModel):
@@ -33,6 +43,7 @@ class DeploymentRecord(BaseModel):
     endpoint_name: str
     target: str = "local"
     url: str
+    admin_url: str | None = Field(None, description="Private loopback address of the server (blue/green checks).")
     model_name: str | None = None
     model_version: str | None = None
     package_dir: str
@@ -41,6 +52,17 @@ class DeploymentRecord(BaseModel):
     port: int
     log_file: str | None = None
     deployed_at: float = Field(default_factory=time.time)
+
+
+class LocalTarget(BaseModel):
+    """Where a local endpoint runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    endpoint_name: str
+    state_dir: str = Field(description="Directory of the endpoints' records and logs.")
+    host: str = "127.0.0.1"
+    port: int = 0
 
 
 class SmokeResult(BaseModel):
@@ -101,41 +123,50 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, l
     raise DeploymentError(f"the endpoint at {url} was not ready within {timeout:.0f}s (last: {last})")
 
 
-def start_endpoint(package_dir: str | Path, name: str, state_dir: str | Path, host: str = "127.0.0.1",
-                   port: int = 0, model_name: str | None = None, model_version: str | None = None,
-                   timeout: float = 180) -> DeploymentRecord:
-    """Start a server process for `package_dir` and wait until `/ping` answers 200.
-
-    An endpoint of the same name that is already running is stopped first.
-    """
-    state = Path(state_dir)
+def _spawn(package_dir: str | Path, name: str, state: Path, host: str, port: int, model_name: str | None,
+           model_version: str | None, standby: bool = False, timeout: float = 180) -> DeploymentRecord:
+    """Start a server process and wait until `/ping` answers 200; with `standby`, on a private loopback port,
+    ready to take over `host:port` (not yet answering there)."""
     state.mkdir(parents=True, exist_ok=True)
-    previous = read_record(state, name)
-    if previous and is_running(previous):
-        stop_endpoint(state, name, forget=False)
-    port = port or free_port(host)
-    if _port_in_use(host, port):
+    admin = free_port("127.0.0.1") if standby else None
+    if not standby and _port_in_use(host, port):
         raise DeploymentError(f"port {port} on {host} is taken by another process; set deploy.port to a free port "
                               "(0 picks one)")
     log_file = state / f"{name}.log"
     cmd = [sys.executable, "-m", "components.serving", "--model-dir", str(Path(package_dir).resolve()),
-           "--host", host, "--port", str(port)]
+           "--host", host, "--port", str(admin or port)] + (["--standby-port", str(port)] if standby else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                        os.environ.get("PYTHONPATH")]))}
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-    url = f"http://{host}:{port}"
+    url, admin_url = f"http://{host}:{port}", f"http://127.0.0.1:{admin}" if admin else None
     try:
-        wait_ready(url, timeout, proc, log_file)
+        wait_ready(admin_url or url, timeout, proc, log_file)
     except DeploymentError:
         terminate_group(proc.pid)
         raise
-    record = DeploymentRecord(endpoint_name=name, url=url, model_name=model_name, model_version=model_version,
-                              package_dir=str(Path(package_dir).resolve()), pid=proc.pid, host=host, port=port,
-                              log_file=str(log_file))
+    return DeploymentRecord(endpoint_name=name, url=url, admin_url=admin_url, model_name=model_name,
+                            model_version=model_version, package_dir=str(Path(package_dir).resolve()), pid=proc.pid,
+                            host=host, port=port, log_file=str(log_file))
+
+
+def start_endpoint(package_dir: str | Path, name: str, state_dir: str | Path, host: str = "127.0.0.1",
+                   port: int = 0, model_name: str | None = None, model_version: str | None = None,
+                   timeout: float = 180) -> DeploymentRecord:
+    """Start a server process for `package_dir` on `host:port` and wait until `/ping` answers 200.
+
+    An endpoint of the same name that is already running is stopped first (`deploy_local` does not stop
+    it before the new one is ready).
+    """
+    state = Path(state_dir)
+    previous = read_record(state, name)
+    if previous and is_running(previous):
+        stop_endpoint(state, name, forget=False)
+    record = _spawn(package_dir, name, state, host, port or free_port(host), model_name, model_version,
+                    timeout=timeout)
     _record_path(state, name).write_text(record.model_dump_json(indent=2))
-    log.info("endpoint %s serving %s v%s at %s (pid %d)", name, model_name, model_version, url, proc.pid)
+    log.info("endpoint %s serving %s v%s at %s (pid %d)", name, model_name, model_version, record.url, record.pid)
     return record
 
 
@@ -176,3 +207,81 @@ def smoke_test(url: str, texts: Sequence[str], expected: Sequence[str]) -> Smoke
 
 def record_json(record: DeploymentRecord) -> str:
     return json.dumps(record.model_dump(), indent=2)
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether process `pid` listens on TCP `port`."""
+    import psutil
+
+    try:
+        conns = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
+def _hand_over(green: DeploymentRecord, blue: DeploymentRecord, timeout: float = 15) -> bool:
+    """Tell green to take over the public port; True once it listens there (blue still runs)."""
+    os.kill(green.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _listening(green.pid, blue.port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, version: str,
+                 texts: Sequence[str], expected: Sequence[str]) -> tuple[DeploymentRecord, SmokeResult]:
+    """Deploy `package_dir` on the target's endpoint, blue/green when a version already serves there.
+
+    The new version starts beside the old one on a private loopback port, passes its health check and
+    the smoke test there, then takes over the endpoint's port; only then does the old one stop. A new
+    version that fails to load or disagrees is stopped and the old one never stopped answering. Raises
+    `DeploymentStepError` naming the step that failed (`START`, `SMOKE` or `HANDOVER`).
+    """
+    if not texts:
+        raise DeploymentStepError("no smoke-test texts: the version has no input example; pass smoke_texts", START)
+    state = Path(target.state_dir)
+    blue = read_record(state, target.endpoint_name)
+    live = blue is not None and is_running(blue) and blue.host == target.host and target.port in (0, blue.port)
+    port = blue.port if live else (target.port or free_port(target.host))
+    step, green = START, None
+    try:
+        green = _spawn(package_dir, target.endpoint_name, state, target.host, port, model_name, version,
+                       standby=live)
+        step = SMOKE
+        smoke = smoke_test(green.admin_url or green.url, texts, expected)
+        if live:
+            step = HANDOVER
+            if not _hand_over(green, blue):  # blue listens without SO_REUSEPORT (an older server): stop it first
+                stop_endpoint(state, target.endpoint_name, forget=False)
+                if not _hand_over(green, blue):
+                    raise DeploymentError(f"the new server could not take over port {port}")
+            stop_endpoint(state, target.endpoint_name, forget=False)
+    except DeploymentError as err:
+        if green is not None:
+            terminate_group(green.pid)
+        failure = f"deploying {model_name} v{version} failed at {step}: {err}"
+        if live and not is_running(blue):  # the handover fallback had stopped it: start it again
+            try:
+                start_endpoint(blue.package_dir, blue.endpoint_name, state, blue.host, blue.port, blue.model_name,
+                               blue.model_version)
+            except DeploymentError as restore_err:
+                raise DeploymentStepError(f"{failure}; restarting {blue.model_name} v{blue.model_version} failed too: "
+                                          f"{restore_err}", step, left_behind=[f"port {port} is down"]) from err
+        kept = [f"{blue.model_name} v{blue.model_version} still serves at {blue.url}"] if live else []
+        raise DeploymentStepError(failure + (f"; {kept[0]}" if kept else ""), step, kept) from err
+    record = green.model_copy(update={"url": f"http://{target.host}:{port}", "port": port})
+    _record_path(state, target.endpoint_name).write_text(record.model_dump_json(indent=2))
+    _prune_packages(state / target.endpoint_name, keep={record.package_dir, blue.package_dir if blue else ""})
+    log.info("%s v%s serving at %s (pid %d)%s", model_name, version, record.url, record.pid,
+             f", took over from v{blue.model_version}" if live else "")
+    return record, smoke
+
+
+def _prune_packages(parent: Path, keep: set[str]) -> None:
+    """Delete downloaded packages of this endpoint that neither the new nor the previous version uses."""
+    for d in parent.iterdir() if parent.is_dir() else ():
+        if d.is_dir() and str(d.resolve()) not in keep and not any(k.startswith(str(d.resolve()) + os.sep) for k in keep):
+            shutil.rmtree(d, ignore_errors=True)

@@ -4,7 +4,8 @@ An export lives beside the package it came from, under `<package>/export/<kind>/
 model, `export.json` (input names, max length, padding side, hashes) and `parity.json` (the
 `ExportResult`: parity report and latency table). The parity check runs in a fresh process that
 loads both the package and the export from disk; an export that disagrees with its model raises
-`ExportError` and is never served (`load_package(..., backend=kind)` refuses it).
+`ExportError` and is never served (`runtime.load_export`, which serving's
+`components.serving.backends.load_backend` calls, refuses it).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from components.export.spec import (
     package_weights_sha256,
     sha256_files,
 )
-from components.package import TextClassifier, forward_logits, load_package
+from components.package import TextClassifier, forward_logits, load_package, preprocess
 
 # Two texts of different lengths: the example batch carries padding, so the attention mask is a real
 # input of the exported graph (a batch without padding lets a tracer drop it as "all ones").
@@ -44,7 +44,8 @@ def load_for_export(package_dir: str | Path) -> TextClassifier:
 def example_inputs(clf: TextClassifier) -> tuple[Any, Any]:
     """A padded batch of 2 at about half the package's max length: (input_ids, attention_mask)."""
     length = max(8, clf.meta.max_length // 2)
-    enc = clf.tokenizer(list(_EXAMPLE_TEXTS), padding=True, truncation=True, max_length=length, return_tensors="pt")
+    enc = clf.tokenizer(preprocess(_EXAMPLE_TEXTS, clf.meta), padding=True, truncation=True,
+                        max_length=length, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
 

@@ -26,7 +26,7 @@ from components.export.spec import (
     read_spec,
     sha256_files,
 )
-from components.package import PackageMeta, TextClassifier, load_tokenizer, read_meta
+from components.package import PackageMeta, TextClassifier, load_tokenizer, read_meta, require_complete
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def load_export(package_dir: str | Path, kind: str, device: str = "cpu") -> Expo
     if device not in ("auto", "cpu"):
         raise ExportError(f"exports run on the CPU; device {device!r} needs backend 'eager'")
     p = Path(package_dir)
+    require_complete(p)
     d = export_dir(p, kind)
     how = f"export it first (components.export.export_package(..., kind={kind!r}))"
     if not (d / SPEC_FILE).is_file():

@@ -44,14 +44,14 @@ def run_check(package_dir: str | Path, kind: str, texts: Sequence[str],
     import torch
 
     from components.export.runtime import open_runner
-    from components.package import forward_logits, load_package
+    from components.package import forward_logits, load_package, preprocess
 
     clf = load_package(package_dir, device="cpu")
     runner = open_runner(export_dir(package_dir, kind), read_spec(export_dir(package_dir, kind)))
 
     def tokenize(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = clf.tokenizer(clf._prepare(batch), padding=True, truncation=True, max_length=clf.meta.max_length,
-                            return_tensors="np")
+        enc = clf.tokenizer(preprocess(batch, clf.meta), padding=True, truncation=True,
+                            max_length=clf.meta.max_length, return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
     def eager(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def verify_export(package_dir: str | Path, kind: str, texts: Sequence[str],
     """Check the package's `kind` export in a fresh process; write `parity.json` beside it.
 
     Raises `ExportError` (with the `ExportResult` attached) when the export disagrees with the
-    package, unless `raise_on_failure` is False; `load_package(..., backend=kind)` refuses it either way.
+    package, unless `raise_on_failure` is False; `runtime.load_export` refuses it either way.
     """
     d = export_dir(package_dir, kind)
     spec = read_spec(d)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from components.serving.app import ServerOptions, serve
+from components.serving.backends import BACKEND_ENV, BACKENDS, backend_from_env
 
 
 def main() -> None:
@@ -19,15 +19,18 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True, help="model package directory")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--standby-port", type=int, default=None,
+                        help="blue/green: listen on 127.0.0.1:--port only, and take over --host:--standby-port "
+                             "on SIGUSR1")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms)
     parser.add_argument("--head-timeout", type=float, default=defaults.head_timeout,
                         help="seconds a client has to send its request headers")
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
                         help="seconds a client has to send its request body (then 408)")
-    parser.add_argument("--backend", choices=["eager", "torchscript", "onnx"],
-                        default=os.environ.get("FINESHIP_BACKEND", "eager"),
-                        help="serve the eager model or the package's parity-checked export (env FINESHIP_BACKEND)")
+    parser.add_argument("--backend", choices=BACKENDS, default=backend_from_env(),
+                        help=f"serve the eager model or the package's parity-checked export "
+                             f"(env {BACKEND_ENV})")
     parser.add_argument("--pass-overhead-tokens", type=float, default=defaults.pass_overhead_tokens,
                         help="fixed cost of one forward pass in tokens: micro-batches are cut into passes of "
                              "similar length when padding would cost more (0: one pass per micro-batch)")
@@ -38,7 +41,7 @@ def main() -> None:
     serve(args.model_dir, args.host, args.port,
           ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, head_timeout=args.head_timeout,
                         body_timeout=args.body_timeout, backend=args.backend, torch_threads=args.torch_threads,
-                        pass_overhead_tokens=args.pass_overhead_tokens))
+                        pass_overhead_tokens=args.pass_overhead_tokens), standby_port=args.standby_port)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from components.package import TextClassifier, load_package
+from components.package import TextClassifier, preprocess
+from components.serving.backends import load_backend
 from components.serving.batcher import MicroBatcher, PredictionFailed, QueueFull, plan_batches
 from components.serving.handler import RequestError, format_response, negotiate, parse_request
 
@@ -40,7 +41,7 @@ class ServerOptions(BaseModel):
     max_queue: int = 256
     top_k: int | None = None
     torch_threads: int | None = None
-    backend: str = "eager"  # or "torchscript" / "onnx": serve the package's checked export (components.export)
+    backend: str = "eager"  # or "torchscript" / "onnx": the package's checked export (see `load_backend`)
     # A micro-batch is cut into forward passes of similar token length (see `plan_batches`): one pass
     # costs about this many token positions of fixed overhead. 0 turns the cut off (one padded pass).
     pass_overhead_tokens: float = 16.0
@@ -92,7 +93,7 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
             import torch
 
             torch.set_num_threads(options.torch_threads)
-        state["clf"] = load_package(model_dir, backend=options.backend)
+        state["clf"] = load_backend(model_dir, options.backend)
 
     def _predict(texts: list[str]) -> list:
         clf = state["clf"]
@@ -100,7 +101,7 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
             return clf.predict(texts, top_k=options.top_k, batch_size=options.max_batch)
         # Padding every text of a micro-batch to its longest wastes most of the pass on short texts
         # beside a long one; counting tokens first (a fraction of a forward pass) avoids that.
-        lengths = [len(ids) for ids in clf.tokenizer(clf._prepare(texts), truncation=True,
+        lengths = [len(ids) for ids in clf.tokenizer(preprocess(texts, clf.meta), truncation=True,
                                                      max_length=clf.meta.max_length)["input_ids"]]
         preds: list = [None] * len(texts)
         for run in plan_batches(lengths, options.max_batch, options.pass_overhead_tokens):
@@ -183,10 +184,15 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8080,
-          options: ServerOptions = ServerOptions()) -> None:
-    """Run the server in the foreground (blocking) until SIGINT/SIGTERM."""
+          options: ServerOptions = ServerOptions(), standby_port: int | None = None) -> None:
+    """Run the server in the foreground (blocking) until SIGINT/SIGTERM.
+
+    With `standby_port`, listen on the private loopback `port` only and take over `host:standby_port`
+    on SIGUSR1 (blue/green handover: components/serving/handover.py).
+    """
     import uvicorn
 
+    from components.serving.handover import HandoverServer, listener
     from components.serving.protocol import GuardedH11Protocol
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -194,5 +200,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8080,
     # micro-batches cost about 4x the CPU of the forward passes themselves (measured on the tiny test model).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     protocol = GuardedH11Protocol.with_timeouts(options.head_timeout, options.body_timeout)
-    uvicorn.run(create_app(model_dir, options), host=host, port=port, log_level="info", http=protocol,
-                timeout_keep_alive=5, limit_concurrency=1024, access_log=False)
+    config = uvicorn.Config(create_app(model_dir, options), log_level="info", http=protocol, timeout_keep_alive=5,
+                            limit_concurrency=1024, access_log=False)
+    public = (host, standby_port) if standby_port is not None else None
+    server = HandoverServer(config, public)
+    server.run(sockets=[listener("127.0.0.1" if public else host, port, backlog=config.backlog)])

@@ -13,12 +13,12 @@ with their 4xx status instead of a 500.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from components.package import Prediction, TextClassifier, load_package
+from components.package import Prediction, TextClassifier
+from components.serving.backends import backend_from_env, load_backend
 from components.serving.handler import RequestError, format_response, negotiate, parse_request
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def model_fn(model_dir: str, context: Any = None) -> TextClassifier:
     The environment variable `FINESHIP_BACKEND` (torchscript or onnx; default eager) serves the
     package's parity-checked export instead of the eager model.
     """
-    clf = load_package(model_dir, backend=os.environ.get("FINESHIP_BACKEND", "eager") or "eager")
+    clf = load_backend(model_dir, backend_from_env())
     log.info("fineship model_fn: %d labels from %s on %s", len(clf.labels), model_dir, clf.device)
     return clf
 

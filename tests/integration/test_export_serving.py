@@ -11,6 +11,7 @@ import pytest
 from components.export import export_package
 from components.export.spec import export_dir
 from components.package import load_package
+from components.serving.backends import load_backend
 from tests.support.http_server import free_port, server_env, serving_cmd, start_server
 
 TEXTS = ["The striker scored twice in the cup final.", "Shares fell after the bank cut its profit forecast.",
@@ -111,7 +112,7 @@ def test_the_export_task_records_a_refusal_in_mlflow_and_prefect_then_stops(expo
 
     @flow(name="export-test")
     def export_flow() -> object:
-        return export_model(str(pkg), "torchscript", sample_df.text.head(24).tolist(), uri, run_id)
+        return export_model(str(pkg), "torchscript", sample_df.text.head(24).tolist(), registry, run_id)
 
     with prefect_test_harness(server_startup_timeout=120):
         with pytest.raises(ExportError, match="disagrees with its model and is refused"):
@@ -126,4 +127,4 @@ def test_the_export_task_records_a_refusal_in_mlflow_and_prefect_then_stops(expo
     assert {"export/torchscript/parity_report.json", "export/torchscript/latency.json",
             "export/torchscript/export.json"} <= files
     with pytest.raises(ExportError, match="failed its parity check"):  # and the endpoint would not serve it
-        load_package(pkg, backend="torchscript")
+        load_backend(pkg, "torchscript")

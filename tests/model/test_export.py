@@ -19,6 +19,7 @@ from components.export.parity import check_parity, require_parity
 from components.export.spec import RESULT_FILE, SPEC_FILE, export_dir
 from components.export.verify import run_check, verify_export
 from components.package import PackageMeta, load_package
+from components.serving.backends import load_backend
 
 TOL = 1e-4
 
@@ -90,7 +91,7 @@ def test_torchscript_export_of_tiny_bert_passes_parity_at_batch_1_8_32(bert_expo
 def test_the_export_serves_the_models_answers(bert_export: ExportResult, test_texts):
     package = Path(bert_export.path).parents[2]
     eager = load_package(package, device="cpu")
-    traced = load_package(package, backend="torchscript")
+    traced = load_backend(package, "torchscript")
     assert type(traced).__name__ == "ExportedClassifier" and traced.model is None
     assert traced.labels == eager.labels
     np.testing.assert_allclose(traced.logits(test_texts), eager.logits(test_texts), atol=TOL)
@@ -105,7 +106,7 @@ def test_torchscript_export_of_tiny_gpt2_passes_parity_with_padding(side: str, t
     assert_parity_shape(result)
     # The traced graph pools the last real token of each row: a text scores the same alone and in a
     # right-padded batch beside a longer one (left padding shifts GPT-2's positions, eagerly too).
-    clf = load_package(pkg, backend="torchscript")
+    clf = load_backend(pkg, "torchscript")
     if side == "right":
         short, long = test_texts[0][:40], test_texts[1]
         np.testing.assert_allclose(clf.logits([short], batch_size=1)[0], clf.logits([long, short])[1], atol=1e-5)
@@ -133,7 +134,7 @@ def test_an_export_with_a_corrupted_weight_is_refused(bert_export: ExportResult,
     assert isinstance(err.value.result, ExportResult) and not err.value.result.passed
     # The refusal is on disk: the server's loader will not serve it.
     with pytest.raises(ExportError, match="failed its parity check"):
-        load_package(pkg, backend="torchscript")
+        load_backend(pkg, "torchscript")
 
 
 def test_a_model_changed_after_export_is_refused(bert_export: ExportResult, tmp_path: Path, test_texts):
@@ -148,7 +149,7 @@ def test_a_model_changed_after_export_is_refused(bert_export: ExportResult, tmp_
     tensors[key] = tensors[key] + 1e-3  # small: labels hold, logits move past the 1e-4 tolerance
     save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(ExportError, match="made from other weights"):  # the loader notices before any check
-        load_package(pkg, backend="torchscript")
+        load_backend(pkg, "torchscript")
     # The check itself (in this process: the fresh-process path is exercised by the test above).
     report, latency = run_check(pkg, "torchscript", test_texts, latency=False)
     assert not report.passed and latency == []
@@ -161,10 +162,10 @@ def test_an_unchecked_or_missing_export_is_not_served(bert_export: ExportResult,
     pkg = tmp_path / "package"
     shutil.copytree(Path(bert_export.path).parents[2], pkg)
     with pytest.raises(ExportError, match="has no onnx export"):
-        load_package(pkg, backend="onnx")
+        load_backend(pkg, "onnx")
     (export_dir(pkg, "torchscript") / RESULT_FILE).unlink()
     with pytest.raises(ExportError, match="never checked"):
-        load_package(pkg, backend="torchscript")
+        load_backend(pkg, "torchscript")
 
 
 def test_the_parity_report_says_why_it_failed():
@@ -203,7 +204,7 @@ def test_onnx_export_of_tiny_bert_passes_the_same_gate(bert_export: ExportResult
     result = export_package(pkg, "onnx", test_texts, latency=False)
     assert_parity_shape(result)
     assert Path(result.path).name == "model.onnx"
-    served = load_package(pkg, backend="onnx")
+    served = load_backend(pkg, "onnx")
     eager = load_package(pkg, device="cpu")
     np.testing.assert_allclose(served.logits(test_texts), eager.logits(test_texts), atol=TOL)
 

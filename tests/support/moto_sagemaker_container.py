@@ -20,7 +20,8 @@ What it does is what the container does with a `model.tar.gz` whose `code/infere
 
 `--fault label-order-reversed` reverses the loaded model's label list: the classic packaging bug a
 smoke test exists to catch (right weights, wrong label names). The process exits when its parent
-(the moto server) goes away. It imports nothing from the repository itself.
+(the moto server) goes away. It imports nothing from the repository but its sibling
+`sagemaker_context.py` (the fake model-server request context).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import sys
@@ -38,8 +40,22 @@ import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 
 UTF8_TYPES = ("application/json", "text/csv")
+
+
+def _load_sibling(name: str) -> ModuleType:
+    """A module of this file's folder, loaded by its path: the container runs under `python -I`, which puts no
+    folder of the repository on `sys.path`, so the archive's `code/` stays the only source of `components`."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_container_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ModelServerContext = _load_sibling("sagemaker_context").ModelServerContext
 
 
 def _watch_parent(parent: int) -> None:
@@ -72,26 +88,6 @@ def _check_requirements(path: Path) -> None:
             _fail(f"code/requirements.txt pins {name}=={wanted} but this environment has {have}")
 
 
-class _RequestContext:
-    """The model server's per-request context, as the toolkit's Transformer reads and writes it."""
-
-    def __init__(self, model_dir: Path, headers: dict[str, str]) -> None:
-        self.system_properties = {"model_dir": str(model_dir)}
-        self.request_processor = [self]
-        self._headers = headers
-        self.status: tuple[int, str] | None = None
-        self.content_type: str | None = None
-
-    def get_request_properties(self) -> dict[str, str]:
-        return self._headers
-
-    def set_response_status(self, code: int, phrase: str) -> None:
-        self.status = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_type = value
-
-
 class _Handler:
     """`transform(body, headers) -> (status, content_type, body)` over the archive's `inference` module."""
 
@@ -110,7 +106,8 @@ class _Handler:
             Transformer = None
         if Transformer is not None:
             self.toolkit = Transformer()
-            self.toolkit.validate_and_initialize(model_dir=str(model_dir), context=_RequestContext(model_dir, {}))
+            self.toolkit.validate_and_initialize(model_dir=str(model_dir),
+                                                 context=ModelServerContext(model_dir, {}))
             model = self.toolkit._model
         else:
             self.toolkit = None
@@ -129,7 +126,7 @@ class _Handler:
 
     def transform(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
         if self.toolkit is not None:
-            ctx = _RequestContext(self.model_dir, headers)
+            ctx = ModelServerContext(self.model_dir, headers)
             [out] = self.toolkit.transform([{"body": bytearray(body)}], ctx)
             if ctx.status is not None:
                 message = str(out).split("\n", 1)[0]

@@ -14,6 +14,7 @@ from components.errors import ModelPackageError
 from components.package import Prediction, TextClassifier
 from components.serving import inference
 from components.serving.handler import RequestError
+from tests.support.sagemaker_context import ModelServerContext
 from tests.support.tiny import LABELS
 
 INFERENCE_PY = Path(inference.__file__)
@@ -44,6 +45,12 @@ def test_model_fn_loads_the_package_and_ignores_code(model: TextClassifier):
 def test_model_fn_names_what_is_missing(tmp_path: Path):
     with pytest.raises(ModelPackageError, match="config.json"):
         inference.model_fn(str(tmp_path))
+
+
+def test_model_fn_refuses_an_unknown_backend(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FINESHIP_BACKEND", "tensorrt")
+    with pytest.raises(ModelPackageError, match="unknown backend 'tensorrt'.*FINESHIP_BACKEND"):
+        inference.model_fn(str(model_dir))
 
 
 @pytest.mark.parametrize("body,content_type,expected", [
@@ -133,26 +140,6 @@ def test_the_file_works_copied_alone_as_code_inference_py(model_dir: Path, monke
     assert json.loads(body)["predictions"][0]["label"] in LABELS
 
 
-class _ModelServerContext:
-    """What TorchServe/MMS hands the toolkit's `Transformer.transform`: request headers in, status out."""
-
-    def __init__(self, model_dir: Path, headers: dict[str, str]) -> None:
-        self.system_properties = {"model_dir": str(model_dir)}
-        self._headers = headers
-        self.request_processor = [self]
-        self.status: tuple[int, str] | None = None
-        self.content_type: str | None = None
-
-    def get_request_properties(self) -> dict[str, str]:
-        return self._headers
-
-    def set_response_status(self, code: int, phrase: str) -> None:
-        self.status = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_type = value
-
-
 def test_the_real_inference_toolkit_drives_the_handler(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """sagemaker-inference's own Transformer finds `inference` by SAGEMAKER_PROGRAM and calls the four functions."""
     transformer_mod = pytest.importorskip("sagemaker_inference.transformer")
@@ -161,19 +148,19 @@ def test_the_real_inference_toolkit_drives_the_handler(model_dir: Path, monkeypa
     monkeypatch.delitem(sys.modules, "inference", raising=False)
     transformer = transformer_mod.Transformer()
 
-    ok = _ModelServerContext(model_dir, {"Content-Type": "application/json", "Accept": "application/jsonlines"})
+    ok = ModelServerContext(model_dir, {"Content-Type": "application/json", "Accept": "application/jsonlines"})
     [body] = transformer.transform([{"body": bytearray(json.dumps({"inputs": [SPORT, "x"]}).encode())}], ok)
     assert ok.status is None and ok.content_type == "application/jsonlines"
     assert [json.loads(line)["label"] in LABELS for line in body.decode().splitlines()] == [True, True]
 
-    wildcard = _ModelServerContext(model_dir, {"Content-Type": "text/csv", "Accept": "*/*"})
+    wildcard = ModelServerContext(model_dir, {"Content-Type": "text/csv", "Accept": "*/*"})
     [body] = transformer.transform([{"body": bytearray(b"one\ntwo\n")}], wildcard)
     assert wildcard.content_type == "application/json" and len(json.loads(body)["predictions"]) == 2
 
-    bad = _ModelServerContext(model_dir, {"Content-Type": "text/plain"})
+    bad = ModelServerContext(model_dir, {"Content-Type": "text/plain"})
     transformer.transform([{"body": bytearray(b"hello")}], bad)
     assert bad.status == (415, "Unsupported Media Type")
 
-    bad_json = _ModelServerContext(model_dir, {"Content-Type": "application/json"})
+    bad_json = ModelServerContext(model_dir, {"Content-Type": "application/json"})
     transformer.transform([{"body": bytearray(b'{"inputs": []}')}], bad_json)
     assert bad_json.status[0] == 400
