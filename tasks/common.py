@@ -6,6 +6,9 @@ import re
 from typing import Any
 
 from components.errors import FineshipError
+from components.markdown import md_table
+
+__all__ = ["artifact_key", "is_transient", "md_table", "retry_transient"]
 
 _TRANSIENT_NAMES = {
     "ConnectionError", "ConnectTimeout", "ReadTimeout", "ConnectError", "RemoteProtocolError",
@@ -45,12 +48,3 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lower-case letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
-
-
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)

@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.config import DriftPolicy
 from components.data.validation import RuleResult
+
+__all__ = ["DataProfile", "DriftPolicy", "build_profile", "compare_profiles", "oov_rate", "psi"]
 
 PROFILE_VERSION = 1
 _TOKEN = re.compile(r"[a-z0-9']+")
@@ -34,17 +37,6 @@ class DataProfile(BaseModel):
     length_quantiles: dict[str, float] = Field(description="Characters per text at 0, 5, 25, 50, 75, 95, 100%.")
     length_sample: list[int] = Field(description="Up to 2,000 text lengths (characters), for the KS test.")
     vocabulary: list[str] = Field(description="The most frequent word tokens (up to 20,000).")
-
-
-class DriftPolicy(BaseModel):
-    """Drift thresholds (all drift findings are warnings except a changed label set)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_label_psi: float = 0.2
-    max_length_ks: float = 0.2
-    max_oov_rate: float = 0.25
-    label_set_change: str = "error"
 
 
 def _tokens(texts: pd.Series) -> Counter:

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.validation import normalise_text
 
@@ -35,6 +35,12 @@ class SplitManifest(BaseModel):
     leakage: int  # normalised texts present in more than one split; always 0 for our own splits
     dropped_from_train: int = 0  # rows removed from train because an explicit eval file held them
     duplicate_groups: int = 0  # groups of two or more exact or near-duplicate rows, each kept in one split
+    removed: dict[str, int] = Field(
+        default_factory=dict, description="Rows a data.rules drop policy removed before the split, per rule.")
+    removed_rows: dict[str, list[str]] = Field(
+        default_factory=dict, description="The content hashes (as row_hashes) of those rows, per rule.")
+    repaired: dict[str, int] = Field(
+        default_factory=dict, description="Rows a data.rules repair policy fixed before the split, per rule.")
 
     @property
     def digest(self) -> str:
@@ -61,7 +67,7 @@ class Splits(BaseModel):
         return getattr(self, name)
 
 
-def _row_hash(norm: pd.Series, labels: pd.Series) -> list[str]:
+def row_hashes(norm: pd.Series, labels: pd.Series) -> list[str]:
     """A 64-bit content hash (hex) of each row's normalised text and label (vectorised SipHash)."""
     hashed = pd.util.hash_pandas_object(pd.DataFrame({"t": norm.to_numpy(), "y": labels.to_numpy()}), index=False)
     return [f"{h:016x}" for h in hashed.to_numpy()]
@@ -84,7 +90,7 @@ def _manifest(frames: dict[str, pd.DataFrame], text_col: str, label_col: str, se
         sizes={k: len(f) for k, f in frames.items()},
         class_sizes={k: {str(c): int(n) for c, n in f[label_col].astype(str).value_counts().sort_index().items()}
                      for k, f in frames.items()},
-        row_hashes={k: sorted(_row_hash(normed[k], f[label_col].astype(str))) for k, f in frames.items()},
+        row_hashes={k: sorted(row_hashes(normed[k], f[label_col].astype(str))) for k, f in frames.items()},
         leakage=leakage,
         dropped_from_train=dropped,
         duplicate_groups=near_duplicate_groups,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import logging
 import os
+import zipfile
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +84,92 @@ def _cases():
         "label missing from the set": (frame(lambda d: d[d.label != "tech"]), "labels_all_present", "no example"),
         "null texts": (frame(lambda d: d.assign(text=d.text.where(d.index % 5 != 0, None))), "text_not_null",
                        "no value"),
+        **_export_cases(w),
     }
+
+
+def _export_cases(w):
+    """What real exports get wrong: headers, the wrong kind of values, files that are not what their name says."""
+    def csv_text(df, **kw):
+        return df.to_csv(index=False, **kw)
+
+    def build(name, fn):
+        return lambda tmp, df: w(name, fn(df))(tmp, df)
+
+    def xlsx(df):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:  # the layout of an Office Open XML workbook, enough to be recognised
+            z.writestr("[Content_Types].xml", "<Types/>")
+            z.writestr("xl/workbook.xml", "<workbook/>")
+            z.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
+        return buf.getvalue()
+
+    def damaged_gzip(df):
+        blob = gzip.compress(csv_text(df).encode())
+        return blob[: len(blob) // 2]
+
+    def nul_inside(df):
+        lines = csv_text(df).split("\n")
+        lines[40] = lines[40].replace(" ", "\x00", 1)
+        return "\n".join(lines).encode()
+
+    return {
+        "duplicate column names": (build("dup.csv", lambda d: csv_text(d.assign(extra=d.text).rename(
+            columns={"extra": "text"}))), None, "more than once"),
+        "header row missing": (build("noheader.csv", lambda d: csv_text(d, header=False)), "required_columns",
+                               "no header row"),
+        "column names differ in case": (build("case.csv", lambda d: csv_text(d.rename(
+            columns={"text": "Text", "label": "LABEL"}))), "required_columns", "only in case"),
+        "labels as spreadsheet floats": (build("floats.csv", lambda d: csv_text(d.assign(
+            label=d.label.map({k: f"{i}.0" for i, k in enumerate(LABELS, start=1)})))), "label_format",
+            "label_format=repair"),
+        "text column holding numbers": (build("numbers.csv", lambda d: csv_text(d.assign(
+            text=[str(1000 + i) for i in range(len(d))]))), "text_not_numeric", "data.text_column"),
+        "text column holding dates": (build("dates.csv", lambda d: csv_text(d.assign(
+            text=[f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(len(d))]))), "text_not_numeric",
+            "numbers or dates"),
+        "Excel workbook named .csv": (build("book.csv", xlsx), None, "Excel workbook"),
+        "HTML error page named .csv": (w("page.csv", "<!DOCTYPE html>\n<html><body>403 Forbidden</body></html>"),
+                                       None, "HTML page"),
+        "ZIP archive named .csv": (w("archive.csv", b"PK\x05\x06" + bytes(18)), None, "unzip it"),
+        "NUL bytes inside a CSV": (build("nul.csv", nul_inside), None, "NUL byte(s), the first on line 41"),
+        "damaged gzip": (build("cut.csv.gz", damaged_gzip), None, "damaged gzip"),
+        "JSON array of arrays in .jsonl": (w("arrays.jsonl", '[["a", "sport"], ["b", "tech"]]'), None,
+                                           "not of objects"),
+        "Windows-1252 quotes read as C1 controls": (build("cp1252.csv", lambda d: csv_text(d.assign(
+            text=d.text.str.replace("'", "\x92")))), "control_characters", "control_characters=repair"),
+    }
+
+
+def _read_as_is_cases():
+    """Exports that are safe to read as what they are: each must give the good data (with a warning saying how)."""
+    def text(df, **kw):
+        return df.to_csv(index=False, **kw)
+
+    def parquet(df):
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+
+    return {
+        "UTF-8 BOM in the header": ("bom.csv", lambda d: b"\xef\xbb\xbf" + text(d).encode(), None),
+        "BOM decoded twice": ("bom2.csv", lambda d: ("\u00ef\u00bb\u00bf" + text(d)).encode(), "decoded twice"),
+        "whitespace around column names": ("spaces.csv", lambda d: text(d.rename(
+            columns={"text": " text ", "label": "label\t"})).encode(), None),
+        "gzip named .csv": ("zipped.csv", lambda d: gzip.compress(text(d).encode()), "gzip-compressed"),
+        "Parquet named .csv": ("table.csv", parquet, "is a Parquet file"),
+        "JSON array in .jsonl": ("array.jsonl", lambda d: json.dumps(d.to_dict("records")).encode(), "JSON array"),
+        "mixed line endings": ("crlf.csv", lambda d: "".join(
+            line + ("\r\n" if i % 2 else "\n") for i, line in enumerate(text(d).splitlines())).encode(), None),
+        "UTF-16 with BOM, tab-separated (Excel Unicode Text)": (
+            "unicode.csv", lambda d: text(d, sep="\t").encode("utf-16"), "UTF-16"),
+        "UTF-16 without BOM": ("utf16.csv", lambda d: text(d).encode("utf-16-le"), "UTF-16-LE"),
+        "semicolon-separated CSV": ("semi.csv", lambda d: text(d, sep=";").encode(), "semicolon"),
+        "trailing NUL padding": ("padded.csv", lambda d: text(d).encode() + bytes(512), "NUL bytes"),
+    }
+
+
+READ_AS_IS = _read_as_is_cases()
 
 
 CASES = _cases()
@@ -111,6 +200,31 @@ def test_corrupted_dataset_is_rejected_with_a_named_problem(case, tmp_path, samp
 
 def test_battery_has_at_least_twenty_cases():
     assert len(CASES) >= 20
+    assert len(_export_cases(lambda *a: None)) + len(READ_AS_IS) >= 20  # issue 16: what real exports get wrong
+
+
+def test_stray_quotes_in_a_tab_separated_file_are_read_as_characters(tmp_path, sample_df, caplog):
+    texts = sample_df.text.tolist()
+    texts[3], texts[7] = '"Breaking: ' + texts[3], texts[7] + ' he said "no'
+    path = tmp_path / "quotes.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, sample_df.label)))
+    with caplog.at_level(logging.WARNING, logger="components.data.io"):
+        df, _ = read_dataset(str(path))
+    assert df.text.tolist() == texts and df.label.tolist() == sample_df.label.tolist()
+    assert "swallowed 4 line(s)" in caplog.text and "quote whole fields" in caplog.text
+
+
+@pytest.mark.parametrize("case", list(READ_AS_IS))
+def test_mislabelled_export_is_read_as_what_it_is(case, tmp_path, sample_df, caplog):
+    name, content, warning = READ_AS_IS[case]
+    path = tmp_path / name
+    path.write_bytes(content(_good(sample_df)))
+    with caplog.at_level(logging.WARNING, logger="components.data.io"):
+        df, ref = read_dataset(str(path))
+    assert list(df.columns) == ["text", "label"], case
+    assert df["text"].tolist() == sample_df["text"].tolist() and df["label"].tolist() == sample_df["label"].tolist()
+    if warning is not None:
+        assert warning in caplog.text and path.name in caplog.text, caplog.text
 
 
 def test_missing_s3_key_is_a_read_error(moto_endpoint):

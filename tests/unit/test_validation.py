@@ -31,6 +31,9 @@ def test_sample_dataset_passes(sample_df):
         (lambda d: d.assign(text=[12345] + d["text"].tolist()[1:]), "text_is_string"),
         (lambda d: d.assign(label="sport"), "at_least_two_classes"),
         (lambda d: d.head(0), "table_not_empty"),
+        (lambda d: d.assign(text=[f"{i * 1.5:.2f}" for i in range(len(d))]), "text_not_numeric"),
+        (lambda d: d.assign(label=d.label.map({k: f"{i}.0" for i, k in enumerate(LABELS)})), "label_format"),
+        (lambda d: d.assign(text=d.text.str.replace("'", "\x92")), "control_characters"),  # cp1252 read as Latin-1
     ],
 )
 def test_each_error_rule_fires(sample_df, mutate, rule):
@@ -57,6 +60,23 @@ def test_missing_column_is_named(sample_df):
     assert not report.passed
     assert report.results[0].rule == "required_columns"
     assert "'label'" in report.results[0].message and "--label-column" in report.results[0].message
+
+
+def test_missing_column_diagnoses_case_and_a_missing_header(sample_df):
+    cased = validate_frame(sample_df.rename(columns={"text": "Body Text", "label": "Label"}),
+                           _policy(text_column="body_text"), "cased")
+    assert "'Body Text' differs from 'body_text' only in case" in cased.results[0].message
+    assert "data.label_column='Label'" in cased.results[1].message
+    headless = sample_df.iloc[1:].copy()
+    headless.columns = sample_df.iloc[0].tolist()  # the first data row read as the header
+    report = validate_frame(headless, _policy(), "headless")
+    assert all("no header row" in r.message for r in report.results)
+
+
+def test_a_few_numbers_among_texts_are_not_the_wrong_column(sample_df):
+    report = validate_frame(sample_df.assign(text=sample_df.text.where(sample_df.index % 3 != 0, "2024")), _policy(),
+                            "some numbers")
+    assert "text_not_numeric" not in _failed(report)
 
 
 def test_duplicates_are_a_warning_not_an_error(sample_df):
