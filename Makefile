@@ -23,7 +23,11 @@ install: $(STAMP)
 
 ## Set up, start the local stack, and run the whole pipeline on the sample data with the embedded model.
 ## The stack (Prefect UI, MLflow UI, endpoint) stays up for exploring; `make down` stops it.
+## The demo turns on the operator policy FINESHIP_AUTO_PROMOTE: a candidate that passes the gate is promoted and
+## deployed with the pipeline's own signature, without a reviewer (for the demo's stack and run only).
+demo: export FINESHIP_AUTO_PROMOTE := true
 demo: $(STAMP) up
+	@echo "demo: operator policy FINESHIP_AUTO_PROMOTE=true (a gated candidate is promoted and deployed without a reviewer)"
 	$(BIN)/fineship run --config flows/configs/demo.yaml
 
 ## Start the local stack: Prefect server + process work pool + worker, MLflow server (127.0.0.1).

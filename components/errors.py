@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
 
 class FineshipError(Exception):
     """Base class of every error fineship raises on purpose."""
@@ -21,6 +25,16 @@ class DataValidationError(FineshipError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class LabelConsistencyError(DataValidationError):
+    """The champion disagrees with the new labels of `classes` far more than with its own test labels: the labels
+    look swapped (`swaps`, pairs of labels) or corrupted. Raised before training."""
+
+    def __init__(self, message: str, classes: Sequence[str], swaps: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.classes = list(classes)
+        self.swaps = [(a, b) for a, b in swaps]
 
 
 class ModelPackageError(FineshipError):
@@ -43,8 +57,62 @@ class RegistryError(FineshipError):
     """A model registry operation failed or was refused."""
 
 
+class SignatureProblem(StrEnum):
+    """What a `SignatureError` is about, for callers and tests that branch on it."""
+
+    MISSING = "missing"                # no signature bundle where one was expected
+    MALFORMED = "malformed"            # the bundle is not a fineship signature bundle
+    BAD_SIGNATURE = "bad-signature"    # the signature does not verify over the manifest
+    UNTRUSTED_KEY = "untrusted-key"    # signed by a key the trust store does not hold
+    SIGNER_MISMATCH = "signer-mismatch"  # the manifest names someone other than the key's owner
+    WRONG_MODEL = "wrong-model"        # the signature is for another model name or version
+    FILES_CHANGED = "files-changed"    # the package files differ from the signed manifest
+    PURPOSE_REFUSED = "purpose-refused"  # an auto-promotion signature where policy does not allow one
+    SELF_APPROVAL = "self-approval"    # separation of duties
+    KEY_FILE = "key-file"              # a key file is missing, unreadable, exposed or of the wrong kind
+    TRUST_STORE = "trust-store"        # the trust store directory is missing or inconsistent
+    PACKAGE = "package"                # the package directory cannot be signed as it is
+
+
+class SignatureError(RegistryError):
+    """An approval signature could not be made or does not hold; `problem` says which rule failed."""
+
+    def __init__(self, message: str, problem: SignatureProblem) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
 class DeploymentError(FineshipError):
     """A deployment step failed; the message names the step."""
+
+
+class DeploymentStepError(DeploymentError):
+    """A SageMaker deployment failed at `step`; `rolled_back` says what was undone, `left_behind` what was not."""
+
+    def __init__(self, message: str, step: str, rolled_back: Sequence[str] = (), left_behind: Sequence[str] = ()):
+        super().__init__(message)
+        self.step = step
+        self.rolled_back = list(rolled_back)
+        self.left_behind = list(left_behind)
+
+
+@dataclass(frozen=True)
+class PreflightIssue:
+    """One failed pre-flight check: which check (region, role, serverless, ...) and what to change."""
+
+    check: str
+    message: str
+
+
+class PreflightError(DeploymentStepError):
+    """Pre-flight checks failed; nothing was called on AWS."""
+
+    STEP = "pre-flight"  # the step name in errors, plans and the tags recorded on the model version
+
+    def __init__(self, issues: Sequence[PreflightIssue]):
+        lines = "\n".join(f"  - [{i.check}] {i.message}" for i in issues)
+        super().__init__(f"pre-flight checks failed, nothing was called on AWS:\n{lines}", self.STEP)
+        self.issues = list(issues)
 
 
 class ExportError(FineshipError):

@@ -12,58 +12,28 @@ from typing import Optional
 import typer
 
 from components.errors import FineshipError
+from flows.cli_common import fail, open_registry, prepare_env
 
 app = typer.Typer(help="fineship: labelled text in, a validated, gated, registered classifier on an endpoint out.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 endpoint_app = typer.Typer(help="Inspect, stop and delete local and SageMaker endpoints.", no_args_is_help=True)
 app.add_typer(endpoint_app, name="endpoint")
+reviewer_app = typer.Typer(help="Reviewer keys: approvals are signatures.", no_args_is_help=True)
+app.add_typer(reviewer_app, name="reviewer")
 
 
 def _add_stack_commands() -> None:
+    from flows.cli_models import models_app
     from flows.stack import stack_app
 
     app.add_typer(stack_app, name="stack")
+    app.add_typer(models_app, name="models")
 
 
 _add_stack_commands()
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-
-
-def _prepare_env() -> None:
-    """Environment defaults applied before Prefect or MLflow are imported."""
-    from flows.settings import Settings
-
-    settings = Settings()
-    home = settings.home_dir
-    home.mkdir(parents=True, exist_ok=True)
-    defaults = {
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "PREFECT_LOGGING_LOGGERS_COMPONENTS_LEVEL": "INFO",
-    }
-    for k, v in defaults.items():
-        os.environ.setdefault(k, v)
-    if settings.prefect_api_url:
-        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
-    else:
-        from flows.stack import read_state, stack_env
-
-        state = read_state()  # a running `make up` stack is used automatically
-        if state is not None:
-            for k, v in stack_env(state).items():
-                os.environ.setdefault(k, v)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-
-
-def _fail(err: Exception, code: int = 1) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+_prepare_env, _fail, _registry = prepare_env, fail, open_registry
 
 
 def _resolve_config(config: Optional[str]) -> Optional[Path]:
@@ -140,7 +110,7 @@ def run(
         return
     if "champion" not in reg.aliases:
         typer.echo(f"  not deployed:      v{reg.version} awaits review; approve it with\n"
-                   f"                     fineship approve {reg.name} {reg.version} --by YOUR_NAME\n"
+                   f"                     fineship approve {reg.name} {reg.version}   (signs it with your reviewer key)\n"
                    f"                     then: fineship deploy --model {reg.name} --version {reg.version}")
         return
     try:
@@ -170,24 +140,45 @@ def validate(
     config: Optional[str] = ConfigOpt,
     set_: list[str] = SetOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    write_clean: Optional[Path] = typer.Option(
+        None, "--write-clean", help="Write the data after the data.rules drop / repair policies to this local path "
+        "(format by its extension, else the input's); refused while an error rule fails, never the input file."),
 ) -> None:
     """Validate a dataset only: exit 0 when valid, 1 with a report when not (2 for unreadable input)."""
     _prepare_env()
-    from components.data.io import read_dataset
-    from components.data.validation import ValidationPolicy, validate_frame
+    from components.data.cleaning import clean_frame
+    from components.data.io import detect_format, read_dataset, write_dataset
+    from components.data.policy import rule_tokenizer, validation_policy
+    from components.data.validation import validate_frame
     from flows.settings import Settings
 
     try:
         cfg = _load(config, set_, data, text_column, label_column, labels=labels)
+        if write_clean is not None and not data.startswith("s3://") and \
+                write_clean.resolve() == Path(cfg.data.path).resolve():
+            raise FineshipError(f"--write-clean {write_clean} is the input file; write the cleaned data elsewhere")
         s3 = Settings().s3_client() if data.startswith("s3://") else None
         df, ref = read_dataset(cfg.data.path, cfg.data.format, s3_client=s3)
     except FineshipError as err:
         _fail(err, 2)
-    d = cfg.data
-    report = validate_frame(df, ValidationPolicy(text_column=d.text_column, label_column=d.label_column,
-                                                 labels=d.labels, min_examples_per_class=d.min_examples_per_class),
-                            ref.uri)
+    # The same policy, cleaning, tokenizer (truncation rule) and suite as the training flow's validation step.
+    policy = validation_policy(cfg)
+    cleaned = clean_frame(df, policy)
+    report = validate_frame(cleaned.frame, policy, ref.uri, rule_tokenizer(cfg.training.model),
+                            cleaning=cleaned.report)
     typer.echo(report.model_dump_json(indent=2) if as_json else report.summary())
+    if write_clean is not None:
+        if not report.passed:
+            _fail(FineshipError(f"{write_clean} not written: an error rule still fails on the cleaned data"), 1)
+        try:
+            fmt = detect_format(str(write_clean))
+        except FineshipError:
+            fmt = ref.format  # no known extension: the input's format
+        try:
+            write_dataset(cleaned.frame, write_clean, fmt)
+        except OSError as err:
+            _fail(FineshipError(f"{write_clean} not written: {err.strerror or err}; check the directory exists"), 2)
+        typer.echo(f"wrote {len(cleaned.frame)} rows ({fmt}) to {write_clean}", err=as_json)
     raise typer.Exit(0 if report.passed else 1)
 
 
@@ -221,38 +212,29 @@ def deploy(
         None, "--endpoint-name", help="Default: fineship-local; for sagemaker FINESHIP_SAGEMAKER_ENDPOINT_NAME, else "
         "<FINESHIP_AWS_PROJECT>-<FINESHIP_AWS_ENVIRONMENT>."),
     port: int = typer.Option(8080, "--port", help="Port of a local endpoint (0 picks a free one)."),
-    torchscript: bool = typer.Option(False, "--torchscript", help="sagemaker: ship the version's TorchScript export."),
+    torchscript: bool = typer.Option(False, "--torchscript", help="sagemaker: ship the version's TorchScript export "
+                                     "(same as --set sagemaker.torchscript=true)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="sagemaker: print every AWS call the deployment would make "
                                  "and change nothing."),
-    instance_type: str = typer.Option("ml.m5.large", "--instance-type", help="sagemaker: instance type."),
-    instance_count: int = typer.Option(1, "--instance-count", help="sagemaker: instance count."),
-    serverless_memory: Optional[int] = typer.Option(
-        None, "--serverless-memory", help="sagemaker: deploy serverless with this memory (1024..6144 MB, 1 GB steps)."),
-    serverless_concurrency: int = typer.Option(5, "--serverless-concurrency", help="sagemaker serverless: max "
-                                               "concurrent invocations (1..200)."),
-    strategy: str = typer.Option("all_at_once", "--strategy", help="sagemaker blue/green traffic shifting: "
-                                 "all_at_once, canary or linear."),
-    traffic_percent: int = typer.Option(25, "--traffic-percent", help="Canary size or linear step (percent)."),
-    wait_interval: int = typer.Option(300, "--wait-interval", help="Seconds of baking between traffic shifts, "
-                                      "watched by the rollback alarms."),
-    data_capture: Optional[int] = typer.Option(None, "--data-capture-percent", help="sagemaker: capture this "
-                                               "percentage of requests and responses to S3."),
-    wait_timeout: float = typer.Option(3600, "--wait-timeout", help="sagemaker: seconds to wait for InService "
-                                       "before rolling back."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="sagemaker: an option as sagemaker.field=value "
+                                   "(repeatable), e.g. sagemaker.instance_type=ml.c5.xlarge, "
+                                   "sagemaker.serverless_memory_mb=2048, sagemaker.strategy=canary; the fields are "
+                                   "those of components.deploy.sagemaker.SageMakerOptions."),
 ) -> None:
     """Deploy a registered model version (by number or alias) to a local endpoint or to SageMaker."""
     _prepare_env()
     from pydantic import ValidationError
 
+    from components.deploy.sagemaker import parse_options
     from flows.deployment import DeployRequest, deployment_flow
 
     try:
+        options = parse_options([*set_, *(["sagemaker.torchscript=true"] if torchscript else [])])
+    except FineshipError as err:
+        _fail(err, 2)
+    try:
         request = DeployRequest(model_name=model, version=version, alias=alias, target=target,
-                                endpoint_name=endpoint_name, port=port, torchscript=torchscript, dry_run=dry_run,
-                                instance_type=instance_type, instance_count=instance_count,
-                                serverless_memory_mb=serverless_memory, serverless_max_concurrency=serverless_concurrency,
-                                strategy=strategy, traffic_percent=traffic_percent, wait_interval_seconds=wait_interval,
-                                data_capture_percent=data_capture, wait_timeout_seconds=wait_timeout)
+                                endpoint_name=endpoint_name, port=port, dry_run=dry_run, sagemaker=options)
     except ValidationError as err:
         _fail(FineshipError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
                                       for e in err.errors())), 2)
@@ -276,30 +258,58 @@ def deploy(
         typer.echo(f"{result.model_name} v{result.model_version} serving at {result.url} (pid {result.pid})")
 
 
-def _registry():
-    from components.registry.mlflow_registry import MlflowRegistry
-    from flows.settings import Settings
-
-    return MlflowRegistry(Settings().mlflow_tracking_uri)
-
-
 ByOpt = typer.Option(..., "--by", help="Reviewer name recorded on the version.")
 CommentOpt = typer.Option("", "--comment", help="Optional comment recorded with the decision.")
+KeyOpt = typer.Option(None, "--key", help="Your reviewer key (NAME of `fineship reviewer init NAME`); default: the "
+                      "only key in the reviewer key directory.")
+
+
+def _signer(name: Optional[str]):
+    """The reviewer's signer: `--key NAME`, or the only key in the reviewer key directory."""
+    from components.registry.keys import default_reviewer_dir, load_reviewer, reviewer_passphrase
+    from flows.settings import Settings
+
+    key_dir = Settings().reviewer_keys or default_reviewer_dir()
+    if name is None:
+        keys = sorted(p.stem for p in key_dir.glob("*.key")) if key_dir.is_dir() else []
+        if len(keys) != 1:
+            raise FineshipError(f"{'no reviewer key' if not keys else 'several reviewer keys'} in {key_dir}: "
+                                + ("make one with `fineship reviewer init NAME`" if not keys
+                                   else f"choose one with --key ({', '.join(keys)})"))
+        name = keys[0]
+    return load_reviewer(name, key_dir, reviewer_passphrase())
 
 
 @app.command()
 def approve(model: str = typer.Argument(..., help="Registered model name."),
-            version: str = typer.Argument(..., help="Version number."), by: str = ByOpt,
-            comment: str = CommentOpt) -> None:
-    """Record an approval on a version and promote it to champion."""
+            version: str = typer.Argument(..., help="Version number."), key: Optional[str] = KeyOpt,
+            override: Optional[str] = typer.Option(
+                None, "--override", help="Approve a version whose gate did not pass or that was rejected: the reason "
+                "(signed and recorded on the version)."),
+            comment: str = CommentOpt,
+            sign_only: bool = typer.Option(False, "--sign-only", help="Print the signature (JSON) for the promote "
+                                           "flow's form instead of recording it.")) -> None:
+    """Sign the version's files with your reviewer key, record the approval and promote it to champion."""
     _prepare_env()
-    from components.registry.review import approve as do_approve
+    import tempfile
+
+    from components.registry.review import record_approval, sign_approval
+    from flows.settings import Settings
 
     try:
-        change = do_approve(_registry(), model, version, by, comment)
+        registry, policy, signer = _registry(), Settings().review_policy(), _signer(key)
+        registry.get_version(model, version=version)  # a clear error for an unknown model or version
+        with tempfile.TemporaryDirectory(prefix="fineship-approve-") as tmp:
+            package = registry.download_version(model, version, tmp).package_dir
+            bundle = sign_approval(registry, model, version, signer, package, policy, override, comment)
+            if sign_only:
+                typer.echo(bundle.model_dump_json())
+                return
+            change = record_approval(registry, model, version, bundle, package, policy)
     except FineshipError as err:
         _fail(err, 1)
-    typer.echo(f"{model} v{version} approved by {by}; champion {change.from_version or '(none)'} -> {change.to_version}")
+    typer.echo(f"{model} v{version} approved by {signer.name} (key {signer.key_id}, {len(bundle.manifest.files)} files "
+               f"signed); champion {change.from_version or '(none)'} -> {change.to_version}")
 
 
 @app.command()
@@ -314,6 +324,22 @@ def reject(model: str = typer.Argument(...), version: str = typer.Argument(...),
     except FineshipError as err:
         _fail(err, 1)
     typer.echo(f"{model} v{version} rejected by {by}")
+
+
+@reviewer_app.command("init")
+def reviewer_init(name: str = typer.Argument(..., help="Your reviewer name (the operator trusts NAME.pub)."),
+                  force: bool = typer.Option(False, "--force", help="Replace an existing key pair.")) -> None:
+    """Make your reviewer key pair; give the public key (NAME.pub) to the operator to trust."""
+    from components.registry.keys import default_reviewer_dir, init_reviewer, reviewer_passphrase
+    from flows.settings import Settings
+
+    try:
+        made = init_reviewer(name, Settings().reviewer_keys or default_reviewer_dir(), reviewer_passphrase(), force)
+    except FineshipError as err:
+        _fail(err, 1)
+    typer.echo(f"reviewer key {made.name} (id {made.key_id}{', passphrase-protected' if made.encrypted else ''}):\n"
+               f"  private: {made.private_key_path} (keep it; mode 0600)\n"
+               f"  public:  {made.public_key_path} -> the operator copies it into FINESHIP_TRUSTED_REVIEWERS")
 
 
 @app.command()
@@ -345,7 +371,7 @@ def _sagemaker_clients(required: bool):
         if required:
             _fail(FineshipError("no AWS region: set FINESHIP_AWS_REGION to reach SageMaker endpoints"), 2)
         return None
-    return AwsClients.create(settings.aws_region, settings.aws_endpoint_url)
+    return AwsClients.create(settings.aws)
 
 
 TargetOpt = typer.Option("all", "--target", help="local, sagemaker or all.")

@@ -30,7 +30,7 @@ def retrain_flow(config: PipelineConfig = PipelineConfig()) -> RetrainOutcome:
         return RetrainOutcome(training=outcome, note="deploy.target is none")
     if "champion" not in version.aliases:
         note = (f"{version.name} v{version.version} awaits review: approve it (fineship approve {version.name} "
-                f"{version.version} --by NAME, or the promote deployment), then run deploy-model")
+                f"{version.version} with a trusted reviewer key, or the promote deployment), then run deploy-model")
         logger.info(note)
         return RetrainOutcome(training=outcome, note=note)
     d = config.deploy

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from components.aws import AwsSettings
+from components.registry.review import ReviewPolicy
 
 
 class Settings(BaseSettings):
@@ -23,12 +28,22 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(None, description="Prefect API URL; unset runs an ephemeral Prefect server.")
     aws_region: str | None = Field(None, description="AWS region for S3 and SageMaker.")
     aws_endpoint_url: str | None = Field(None, description="Override of every AWS endpoint (e.g. a local moto server).")
+    # Operator policy: set in the environment of the worker or CLI, never by a run's parameters.
+    auto_promote: bool = Field(False, description="Promote a gated candidate to champion with the pipeline's own "
+                               "signature, and let deployments accept pipeline-signed versions.")
+    allow_self_approval: bool = Field(False, description="Let the person who trained a version approve it "
+                                      "(one-person teams).")
+    trusted_reviewers: Path | None = Field(None, description="Directory of the public keys (NAME.pub) of the "
+                                           "reviewers whose approvals deployments accept.")
+    reviewer_keys: Path | None = Field(None, description="Where `fineship reviewer init` writes and `fineship "
+                                       "approve` reads this user's private keys; default ~/.fineship/reviewers.")
     webhook_url: SecretStr | None = Field(None, description="Webhook notified of gate rejections and failed "
                                           "deployments (kept secret: never logged).")
     # SageMaker deployment: the outputs of the infra/aws/fineship.yaml stack (see infra/aws/README.md).
     aws_project: str = Field("fineship", description="ProjectName of the infra/aws stack (names the rollback alarms).")
     aws_environment: str = Field("dev", description="Environment of the infra/aws stack: dev, staging or prod.")
-    sagemaker_role_arn: str | None = Field(None, description="SageMakerExecutionRoleArn output: the role models run as.")
+    sagemaker_role_arn: str | None = Field(None, description="SageMakerServingRoleArn output: the role the deployed "
+                                      "models run as (never the training role).")
     artifact_bucket: str | None = Field(None, description="ArtifactBucketName output: where model.tar.gz is uploaded.")
     artifact_prefix: str = Field("fineship", description="ArtifactPrefix of the stack: the key prefix the role may read.")
     image_uri: str | None = Field(None, description="Serving image (ServingRepositoryUri:tag); unset: the official "
@@ -37,6 +52,11 @@ class Settings(BaseSettings):
                                                 "<aws_project>-<aws_environment>, the stack's default EndpointName.")
     rollback_alarms: list[str] | None = Field(None, description="CloudWatch alarms a blue/green update rolls back on; "
                                               "unset: the stack's 5xx and latency alarms of the endpoint.")
+
+    def review_policy(self) -> ReviewPolicy:
+        """The operator's review policy from this environment."""
+        return ReviewPolicy(trusted_reviewers=self.trusted_reviewers, allow_self_approval=self.allow_self_approval,
+                            auto_promote=self.auto_promote, home=self.home_dir)
 
     @property
     def home_dir(self) -> Path:
@@ -62,8 +82,11 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         return self.home_dir / "runs"
 
-    def s3_client(self):
-        """A boto3 S3 client for this environment (built on demand)."""
-        import boto3
+    @property
+    def aws(self) -> AwsSettings:
+        """Where AWS is for this environment; it builds every boto3 client (one retry policy for all)."""
+        return AwsSettings(region=self.aws_region, endpoint_url=self.aws_endpoint_url)
 
-        return boto3.client("s3", region_name=self.aws_region, endpoint_url=self.aws_endpoint_url)
+    def s3_client(self) -> Any:
+        """A boto3 S3 client for this environment (built on demand)."""
+        return self.aws.client("s3")

@@ -61,3 +61,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent: real-data tests skipped")
     return SHARED_DATA
+
+
+@pytest.fixture
+def reviewers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Real reviewer keys and an operator trust store, exported as FINESHIP_TRUSTED_REVIEWERS / _REVIEWER_KEYS."""
+    from tests.support.reviewers import Reviewers
+
+    r = Reviewers(tmp_path / "reviewers")
+    for k, v in r.env().items():
+        monkeypatch.setenv(k, v)
+    return r

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -40,6 +40,17 @@ class RegisteredVersion(BaseModel):
     source: str = ""
 
 
+class DownloadedVersion(BaseModel):
+    """A registered version downloaded to this machine."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    package_dir: str = Field(description="The model package directory (fineship.json, weights, tokenizer).")
+    input_example: list[str] = Field(default_factory=list, description="Texts registered as the input example.")
+
+
 def local_tracking_uri(path: str | Path) -> str:
     """An absolute `sqlite:///` URI for a SQLite file (the directory is created)."""
     p = Path(path).resolve()
@@ -55,7 +66,6 @@ class MlflowRegistry:
 
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # sagemaker 3 installs a request-header plugin that logs a warning on every REST call.
         logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -76,6 +86,10 @@ class MlflowRegistry:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def run_user(self, run_id: str) -> str | None:
+        """The user who created the run (MLflow's `user_id`), or None when it is not recorded."""
+        return self.client.get_run(run_id).info.user_id or None
 
     def run_url(self, run_id: str, ui_base: str | None) -> str | None:
         if not ui_base:
@@ -102,6 +116,14 @@ class MlflowRegistry:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metric_batch(self, run_id: str, metrics: Sequence[tuple[str, float, int, int]] = (),
+                         tags: Mapping[str, str] | None = None) -> None:
+        """Metrics as (key, value, timestamp_ms, step) and tags in one `log_batch` call (MLflow: 1000 entities)."""
+        from mlflow.entities import Metric, RunTag
+
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics],
+                              tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -211,7 +233,10 @@ class MlflowRegistry:
         try:
             mv = (self.client.get_model_version(name, version) if version is not None
                   else self.client.get_model_version_by_alias(name, alias))
-        except MlflowException:
+        except MlflowException as err:
+            if getattr(err, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                raise RegistryError(f"MLflow at {self.tracking_uri} refused to read {name}: {err.message} (check "
+                                    "the server and the MLFLOW_TRACKING_USERNAME/PASSWORD credentials)") from None
             what = f"version {version}" if version is not None else f"alias '{alias}'"
             raise RegistryError(
                 f"registered model '{name}' has no {what}; list versions in the MLflow UI or run `fineship run` first"
@@ -226,6 +251,10 @@ class MlflowRegistry:
             return self.get_version(name, alias=alias)
         except RegistryError:
             return None
+
+    def model_names(self) -> list[str]:
+        """Every registered model's name, sorted."""
+        return sorted(m.name for m in self.client.search_registered_models())
 
     def list_versions(self, name: str) -> list[RegisteredVersion]:
         """Every version of `name` (newest first)."""
@@ -243,6 +272,10 @@ class MlflowRegistry:
 
     def download_package(self, name: str, version: str, dst: str | Path) -> Path:
         """Download a version's model package directory into `dst` and return its path."""
+        return Path(self.download_version(name, version, dst).package_dir)
+
+    def download_version(self, name: str, version: str, dst: str | Path) -> DownloadedVersion:
+        """Download a version into `dst`: its model package and the input example registered with it."""
         import mlflow
 
         dst = Path(dst)
@@ -257,8 +290,153 @@ class MlflowRegistry:
         pkg = root / rel
         if not (pkg / "config.json").is_file():
             raise RegistryError(f"{name} version {version} holds no model package at {rel}")
-        return pkg
+        return DownloadedVersion(name=name, version=version, package_dir=str(pkg),
+                                 input_example=_input_example(root / mlmodel.get("saved_input_example_info", {}).get(
+                                     "artifact_path", "input_example.json")))
+
+
+def _input_example(path: Path) -> list[str]:
+    """The texts of a registered input example (MLflow's pandas 'split' layout), [] when there is none."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    cols, rows = data.get("columns", []), data.get("data", [])
+    return [r[cols.index("text")] for r in rows] if "text" in cols else []
 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+# -- runs left open ---------------------------------------------------------------------------
+# A run is "open" from the start of training until the end-run step closes it. Each open run has a
+# marker file `<pending_dir>/<run_id>.json`: while the process that owns it lives, nothing happens;
+# when MLflow was unreachable at the end, the marker holds the status the run should end with;
+# when the owner died without closing the run (SIGKILL, a crashed worker), the run ended FAILED.
+# `reconcile_runs`, at the start of the next flow run, applies both.
+
+END_REASON_TAG = "fineship.end_reason"
+
+
+class RunMarker(BaseModel):
+    """An MLflow run this machine opened and has not seen closed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    tracking_uri: str
+    host: str
+    pid: int
+    pid_started: float | None = Field(None, description="The owner's start time: a reused PID is not the owner.")
+    status: str | None = Field(None, description="The end status MLflow could not be told; None: still open.")
+    reason: str = ""
+    recorded_at: float
+
+
+def _write_marker(pending_dir: str | Path, marker: RunMarker) -> Path:
+    import os
+
+    d = Path(pending_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{marker.run_id}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(marker.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a reader sees the old marker or the new one
+    return path
+
+
+def _this_process() -> tuple[str, int, float | None]:
+    import os
+    import socket
+
+    import psutil
+
+    try:
+        started = psutil.Process().create_time()
+    except psutil.Error:
+        started = None
+    return socket.gethostname(), os.getpid(), started
+
+
+def mark_run_open(pending_dir: str | Path, run_id: str, tracking_uri: str) -> Path:
+    """Record that this process owns the open run `run_id` (until `clear_run_marker` or `mark_run_end`)."""
+    import time
+
+    host, pid, started = _this_process()
+    return _write_marker(pending_dir, RunMarker(run_id=run_id, tracking_uri=tracking_uri, host=host, pid=pid,
+                                                pid_started=started, recorded_at=time.time()))
+
+
+def mark_run_end(pending_dir: str | Path, run_id: str, tracking_uri: str, status: str, reason: str) -> Path:
+    """Record the status `run_id` should end with, because MLflow could not be told now."""
+    import time
+
+    host, pid, started = _this_process()
+    return _write_marker(pending_dir, RunMarker(run_id=run_id, tracking_uri=tracking_uri, host=host, pid=pid,
+                                                pid_started=started, status=status, reason=reason[:1000],
+                                                recorded_at=time.time()))
+
+
+def clear_run_marker(pending_dir: str | Path, run_id: str) -> None:
+    """The run is closed in MLflow: forget it."""
+    (Path(pending_dir) / f"{run_id}.json").unlink(missing_ok=True)
+
+
+def read_run_markers(pending_dir: str | Path) -> list[RunMarker]:
+    """Every readable marker in `pending_dir`, oldest first (unreadable ones are skipped with a warning)."""
+    d = Path(pending_dir)
+    markers = []
+    for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            markers.append(RunMarker.model_validate_json(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable run marker %s: %s", path, err)
+    return sorted(markers, key=lambda m: m.recorded_at)
+
+
+def owner_alive(marker: RunMarker) -> bool:
+    """True while the process that opened the run still runs (or runs on another host, which we cannot check)."""
+    import socket
+
+    import psutil
+
+    if marker.host != socket.gethostname():
+        return True
+    try:
+        proc = psutil.Process(marker.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return marker.pid_started is None or abs(proc.create_time() - marker.pid_started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def reconcile_runs(registry: MlflowRegistry, pending_dir: str | Path) -> list[RunMarker]:
+    """End the runs of this tracking server that earlier processes left open; return the markers settled.
+
+    A marker with a status is applied as recorded; an open marker whose owner is gone ends FAILED. A run
+    MLflow no longer has, or that is not RUNNING any more, just loses its marker. Stops at the first
+    other MLflow error (the markers stay for the next attempt).
+    """
+    from mlflow.exceptions import MlflowException
+
+    settled = []
+    for marker in read_run_markers(pending_dir):
+        if marker.tracking_uri != registry.tracking_uri or (marker.status is None and owner_alive(marker)):
+            continue
+        status = marker.status or "FAILED"
+        reason = marker.reason if marker.status else (
+            f"the process that ran it (pid {marker.pid} on {marker.host}) ended without closing the run")
+        try:
+            run = registry.client.get_run(marker.run_id)
+            if run.info.status == "RUNNING":
+                registry.set_tags(marker.run_id, {END_REASON_TAG: f"ended {status} by a later run: {reason}"})
+                registry.end_run(marker.run_id, status)
+                log.warning("MLflow run %s was left RUNNING; ended it as %s (%s)", marker.run_id, status, reason)
+        except MlflowException as err:
+            if err.get_http_status_code() != 404:
+                log.warning("could not reconcile MLflow run %s yet: %s", marker.run_id, err)
+                break
+        clear_run_marker(pending_dir, marker.run_id)
+        settled.append(marker.model_copy(update={"status": status, "reason": reason}))
+    return settled

@@ -1,4 +1,10 @@
-"""Review and promotion: `champion` moves only with a recorded approval (or a declared auto-promotion).
+"""Review and promotion: a version is deployable only with a valid signature over its exact files.
+
+An approval is an Ed25519 signature by a reviewer whose public key the operator trusts
+(`components/registry/signing.py`); an auto-promotion is signed by the pipeline's own key and counts
+only where the operator's policy (`FINESHIP_AUTO_PROMOTE`) is on. Tags (`fineship.review`,
+`approved_by`, ...) record the review for people and never authorise anything: `verify_deployable`
+reads the signature, checks it against the trust store and hashes the files about to be deployed.
 
 Every alias change is written on the versions involved as an append-only JSON log in the tag
 `fineship.alias_log` (who, when, alias, from, to), so the registry itself is the audit trail.
@@ -9,18 +15,54 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from components.errors import RegistryError
+from components.errors import RegistryError, SignatureError, SignatureProblem
+from components.registry.keys import (
+    TRUSTED_REVIEWERS_ENV,
+    Signer,
+    TrustStore,
+    load_or_create_pipeline_signer,
+    load_pipeline_public_key,
+    load_trust_store,
+)
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
+from components.registry.signing import (
+    SignatureBundle,
+    VerifiedApproval,
+    check_separation,
+    sign_package,
+    verify_approval,
+)
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-REVIEW = "fineship.review"  # approved | rejected | auto_promoted
+REVIEW = "fineship.review"  # approved | rejected | auto_promoted: for people, never for authorisation
+SIGNATURE = "fineship.signature"  # the signature bundle (JSON); verified, never trusted as it stands
 ALIAS_LOG = "fineship.alias_log"
+GATE = "fineship.gate"
+MAX_TAG = 5000  # MLflow's limit on a model version tag value
+
+
+class ReviewPolicy(BaseModel):
+    """The operator's review policy: read from the worker's or CLI's own environment, never from a run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trusted_reviewers: Path | None = Field(None, description="Directory of trusted reviewers' NAME.pub files.")
+    allow_self_approval: bool = Field(False, description="One-person teams: the trainer may approve.")
+    auto_promote: bool = Field(False, description="Promote gated candidates with the pipeline's own signature, "
+                               "and accept pipeline-signed versions for deployment.")
+    home: Path = Field(description="fineship home: where the pipeline's key lives.")
+
+    def trust_store(self) -> TrustStore:
+        if self.trusted_reviewers is None:
+            return TrustStore(directory=Path(f"${TRUSTED_REVIEWERS_ENV} (unset)"), keys={})
+        return load_trust_store(self.trusted_reviewers)
 
 
 class AliasChange(BaseModel):
@@ -39,8 +81,8 @@ def _now() -> str:
 
 
 def is_approved(version: RegisteredVersion) -> bool:
-    """A version may be promoted or deployed when approved, or auto-promoted by a policy that says so."""
-    return version.tags.get(REVIEW) in ("approved", "auto_promoted")
+    """Whether the version carries a signature and no recorded rejection (the signature is checked at deploy)."""
+    return bool(version.tags.get(SIGNATURE)) and version.tags.get(REVIEW) != "rejected"
 
 
 def _append_log(registry: MlflowRegistry, v: RegisteredVersion, change: AliasChange) -> None:
@@ -67,20 +109,56 @@ def move_alias(registry: MlflowRegistry, name: str, alias: str, version: str, by
     return change
 
 
-def approve(registry: MlflowRegistry, name: str, version: str, by: str, comment: str = "") -> AliasChange:
-    """Record an approval on the version and promote it to champion."""
-    if not by.strip():
-        raise RegistryError("an approval needs a reviewer name: --by NAME")
+def sign_approval(registry: MlflowRegistry, name: str, version: str, signer: Signer, package_dir: str | Path,
+                  policy: ReviewPolicy, override: str | None = None, comment: str = "") -> SignatureBundle:
+    """A reviewer's signature over the version's files, after the review rules: a passed gate (or a recorded
+    override), no earlier rejection (or a recorded override), and not the person who trained it."""
     v = registry.get_version(name, version=version)
+    problems = []
+    if v.tags.get(GATE) != "passed":
+        problems.append(f"its fineship gate is '{v.tags.get(GATE, 'missing')}', not passed")
     if v.tags.get(REVIEW) == "rejected":
-        log.warning("%s v%s was rejected before; approving it now overrides that", name, version)
-    registry.set_version_tags(name, version, {REVIEW: "approved", "approved_by": by, "approved_at": _now(),
-                                              "approval_comment": comment})
-    return move_alias(registry, name, CHAMPION, version, by, f"approved: {comment}".strip(": "))
+        problems.append(f"it was rejected by {v.tags.get('rejected_by', 'a reviewer')}")
+    if problems and not (override and override.strip()):
+        raise RegistryError(f"{name} v{version} cannot be approved: {' and '.join(problems)}. To approve it anyway, "
+                            "give the reason with --override 'REASON' (it is signed and recorded on the version)")
+    check_separation(signer.name, registry.run_user(v.run_id) if v.run_id else None, policy.allow_self_approval)
+    note = f"override ({'; '.join(problems)}): {override.strip()}" if problems and override else ""
+    return sign_package(Path(package_dir), name, version, signer, gate_override=bool(note),
+                        comment="; ".join(x for x in (note, comment) if x))
+
+
+def _write_signature(registry: MlflowRegistry, name: str, version: str, bundle: SignatureBundle,
+                     verified: VerifiedApproval, review: str) -> None:
+    text = bundle.model_dump_json()
+    if len(text) > MAX_TAG:
+        raise RegistryError(f"the signature of {name} v{version} is {len(text)} characters, over MLflow's tag limit "
+                            f"of {MAX_TAG}: the package holds too many files ({verified.files})")
+    registry.set_version_tags(name, version, {
+        SIGNATURE: text, REVIEW: review, "approved_by": verified.signer, "approved_at": verified.signed_at.isoformat(),
+        "approval_key_id": verified.key_id, "approval_comment": verified.comment,
+        "approval_override": str(verified.gate_override).lower()})
+
+
+def record_approval(registry: MlflowRegistry, name: str, version: str, bundle: SignatureBundle,
+                    package_dir: str | Path, policy: ReviewPolicy) -> AliasChange:
+    """Verify a reviewer's signature (trusted key, exact files, separation of duties), record it and promote."""
+    verified = verify_approval(Path(package_dir), name, version, bundle, policy.trust_store())
+    v = registry.get_version(name, version=version)
+    check_separation(verified.signer, registry.run_user(v.run_id) if v.run_id else None, policy.allow_self_approval)
+    _write_signature(registry, name, version, bundle, verified, "approved")
+    return move_alias(registry, name, CHAMPION, version, verified.signer, f"approved: {verified.comment}".strip(": "))
+
+
+def approve(registry: MlflowRegistry, name: str, version: str, signer: Signer, package_dir: str | Path,
+            policy: ReviewPolicy, override: str | None = None, comment: str = "") -> AliasChange:
+    """Sign the version's files as `signer`, record the approval and promote the version to champion."""
+    bundle = sign_approval(registry, name, version, signer, package_dir, policy, override, comment)
+    return record_approval(registry, name, version, bundle, package_dir, policy)
 
 
 def reject(registry: MlflowRegistry, name: str, version: str, by: str, comment: str = "") -> None:
-    """Record a rejection; a rejected version is never promoted or deployed."""
+    """Record a rejection; a rejected version is not promoted or deployed (a rejection authorises nothing)."""
     if not by.strip():
         raise RegistryError("a rejection needs a reviewer name: --by NAME")
     v = registry.get_version(name, version=version)
@@ -90,15 +168,21 @@ def reject(registry: MlflowRegistry, name: str, version: str, by: str, comment: 
                                               "rejection_comment": comment})
 
 
-def auto_promote(registry: MlflowRegistry, name: str, version: str) -> AliasChange:
-    """Promote without a human approval because the pipeline's policy says so (recorded in tags)."""
-    registry.set_version_tags(name, version, {REVIEW: "auto_promoted", "fineship.auto_promote": "true",
-                                              "approved_by": "auto_promote policy", "approved_at": _now()})
-    return move_alias(registry, name, CHAMPION, version, "auto_promote policy", "registry.auto_promote is true")
+def auto_promote(registry: MlflowRegistry, name: str, version: str, package_dir: str | Path,
+                 policy: ReviewPolicy) -> AliasChange:
+    """Promote under the operator's auto-promotion policy, signed with the pipeline's own key."""
+    if not policy.auto_promote:
+        raise RegistryError("auto-promotion is off: the operator sets FINESHIP_AUTO_PROMOTE=true on the worker or CLI")
+    signer = load_or_create_pipeline_signer(policy.home)
+    bundle = sign_package(Path(package_dir), name, version, signer, comment="FINESHIP_AUTO_PROMOTE policy")
+    verified = verify_approval(Path(package_dir), name, version, bundle, policy.trust_store(), allow_pipeline=True,
+                               pipeline_key=load_pipeline_public_key(policy.home))
+    _write_signature(registry, name, version, bundle, verified, "auto_promoted")
+    return move_alias(registry, name, CHAMPION, version, "pipeline", "auto-promotion (FINESHIP_AUTO_PROMOTE)")
 
 
 def rollback(registry: MlflowRegistry, name: str, by: str) -> AliasChange:
-    """Move champion back to the newest approved version older than the current champion."""
+    """Move champion back to the newest signed version older than the current champion."""
     current = registry.find_version(name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back")
@@ -110,15 +194,30 @@ def rollback(registry: MlflowRegistry, name: str, by: str) -> AliasChange:
     return move_alias(registry, name, CHAMPION, target.version, by, f"rollback from v{current.version}")
 
 
-def require_approved(version: RegisteredVersion) -> None:
-    """Refuse an unapproved version, saying how to approve it."""
-    if is_approved(version):
-        return
-    state = version.tags.get(REVIEW)
-    if state == "rejected":
+def approval_bundle(version: RegisteredVersion) -> SignatureBundle:
+    """The version's signature bundle, or a refusal that says how to approve it (before anything is downloaded)."""
+    cmd = f"`fineship approve {version.name} {version.version}`"
+    if version.tags.get(REVIEW) == "rejected":
         raise RegistryError(f"{version.name} v{version.version} was rejected by {version.tags.get('rejected_by')}; "
                             "deploy another version")
-    raise RegistryError(
-        f"{version.name} v{version.version} has no recorded approval; approve it first with "
-        f"`fineship approve {version.name} {version.version} --by YOUR_NAME` (or the promote flow in the Prefect UI)"
-    )
+    text = version.tags.get(SIGNATURE)
+    if not text:
+        raise RegistryError(f"{version.name} v{version.version} has no signed approval; a trusted reviewer approves "
+                            f"it with {cmd} (or the promote flow in the Prefect UI)")
+    try:
+        return SignatureBundle.from_json(text, f"tag {SIGNATURE} of {version.name} v{version.version}")
+    except SignatureError as err:
+        raise RegistryError(f"{err}; approve it again with {cmd}") from None
+
+
+def verify_deployable(version: RegisteredVersion, package_dir: str | Path, policy: ReviewPolicy) -> VerifiedApproval:
+    """The signature holds, its signer is trusted (or it is the pipeline's under the auto-promotion policy),
+    and the files at `package_dir` (the ones about to be deployed) are exactly the signed ones."""
+    bundle = approval_bundle(version)
+    try:
+        return verify_approval(Path(package_dir), version.name, version.version, bundle, policy.trust_store(),
+                               allow_pipeline=policy.auto_promote, pipeline_key=load_pipeline_public_key(policy.home))
+    except SignatureError as err:
+        if err.problem == SignatureProblem.TRUST_STORE:
+            raise
+        raise SignatureError(f"refused: {err}", err.problem) from None

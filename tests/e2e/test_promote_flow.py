@@ -18,7 +18,14 @@ def _run_and_answer(model_name: str, version: str, answer: dict) -> str:
     from flows.promote import promote_flow
 
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.setdefault("v", promote_flow(model_name, version, 0.1)))
+
+    def run() -> None:
+        try:
+            result["v"] = promote_flow(model_name, version, 0.1)
+        except Exception as err:  # re-raised in the test's thread below
+            result["error"] = err
+
+    thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 120
     paused = None
@@ -32,24 +39,41 @@ def _run_and_answer(model_name: str, version: str, answer: dict) -> str:
     assert paused is not None, "the promote flow never paused for input"
     resume_flow_run(paused.id, run_input=answer)
     thread.join(timeout=120)
+    if "error" in result:
+        raise result["error"]
     return result["v"]
 
 
-def test_approval_form_promotes_and_rejection_records(prefect_harness, fineship_home, tiny_package):
+def test_approval_form_promotes_and_rejection_records(prefect_harness, fineship_home, tiny_package, reviewers,
+                                                      tmp_path):
     from components.registry.mlflow_registry import MlflowRegistry
+    from components.registry.review import sign_approval
     from flows.settings import Settings
 
     registry = MlflowRegistry(Settings().mlflow_tracking_uri)
     for i in range(2):
         run_id = registry.start_run("promote", f"r{i}")
-        registry.log_and_register(run_id, tiny_package, "promo", ["hello"], ["torch==2.13.0"], {}, aliases=())
+        registry.log_and_register(run_id, tiny_package, "promo", ["hello"], ["torch==2.13.0"],
+                                  {"fineship.gate": "passed"}, aliases=())
+    policy = Settings().review_policy()
+    package = registry.download_package("promo", "1", tmp_path / "p1")
+    dana = sign_approval(registry, "promo", "1", reviewers.signer("dana"), package, policy).model_dump_json()
+    mallory = sign_approval(registry, "promo", "1", reviewers.signer("mallory", trusted=False), package,
+                            policy).model_dump_json()
 
-    outcome = _run_and_answer("promo", "1", {"approve": True, "reviewer": "dana", "comment": "ok"})
+    # Identity comes from the key: an untrusted signature (whatever name it claims) is refused.
+    with pytest.raises(Exception, match="not in the trust store"):
+        _run_and_answer("promo", "1", {"approve": True, "signature": mallory})
+    with pytest.raises(Exception, match="needs your signature"):
+        _run_and_answer("promo", "1", {"approve": True, "signature": ""})
+    assert "champion" not in registry.get_version("promo", version="1").aliases
+
+    outcome = _run_and_answer("promo", "1", {"approve": True, "signature": dana, "comment": "ok"})
     assert outcome.startswith("approved by dana")
     v1 = registry.get_version("promo", version="1")
     assert "champion" in v1.aliases and v1.tags["approved_by"] == "dana"
 
-    outcome = _run_and_answer("promo", "2", {"approve": False, "reviewer": "eli", "comment": "worse on tech"})
-    assert outcome == "rejected by eli"
+    outcome = _run_and_answer("promo", "2", {"approve": False, "comment": "worse on tech"})
+    assert outcome == "rejected through the promote form"
     v2 = registry.get_version("promo", version="2")
     assert v2.tags["fineship.review"] == "rejected" and "champion" not in v2.aliases

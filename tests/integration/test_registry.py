@@ -17,13 +17,13 @@ from components.registry.mlflow_registry import MlflowRegistry, local_tracking_u
 from components.registry.review import (
     ALIAS_LOG,
     CHAMPION,
-    approve,
     auto_promote,
     is_approved,
     reject,
-    require_approved,
     rollback,
+    verify_deployable,
 )
+from tests.support.reviewers import approve_as
 from tests.support.tiny import seed_mlflow_db
 
 
@@ -69,13 +69,14 @@ def _register(registry: MlflowRegistry, package, name: str, n: int) -> list[str]
     for i in range(n):
         run_id = registry.start_run("reg-tests", f"r{i}")
         v = registry.log_and_register(run_id, package, name, ["a text about football"], ["torch==2.13.0"],
-                                      {"fineship.test": str(i)}, description=f"card {i}", aliases=("challenger",))
+                                      {"fineship.test": str(i), "fineship.gate": "passed"}, description=f"card {i}",
+                                      aliases=("challenger",))
         registry.end_run(run_id)
         versions.append(v.version)
     return versions
 
 
-def test_register_download_and_review_paths(registry, tiny_package, tmp_path):
+def test_register_download_and_review_paths(registry, tiny_package, tmp_path, reviewers):
     name = f"m-{tmp_path.name[-12:]}".replace("_", "-")
     v1, v2, v3 = _register(registry, tiny_package, name, 3)
     assert (v1, v2, v3) == ("1", "2", "3")
@@ -84,22 +85,25 @@ def test_register_download_and_review_paths(registry, tiny_package, tmp_path):
 
     pkg = registry.download_package(name, "2", tmp_path / "dl")
     assert (pkg / "fineship.json").is_file() and any(pkg.glob("*.safetensors"))
+    policy, ana = reviewers.policy(tmp_path / "home"), reviewers.signer("ana")
 
     # unapproved: refused with the command that fixes it
-    with pytest.raises(RegistryError, match=f"fineship approve {name} 1 --by"):
-        require_approved(registry.get_version(name, version="1"))
+    with pytest.raises(RegistryError, match=f"fineship approve {name} 1"):
+        verify_deployable(registry.get_version(name, version="1"), pkg, policy)
 
-    change = approve(registry, name, "1", by="ana", comment="looks good")
+    change = approve_as(registry, name, "1", ana, policy, comment="looks good")
     assert (change.from_version, change.to_version) == (None, "1")
     v = registry.get_version(name, version="1")
     assert CHAMPION in v.aliases and v.tags["approved_by"] == "ana" and v.tags["approval_comment"] == "looks good"
     assert is_approved(v)
+    verified = verify_deployable(v, registry.download_package(name, "1", tmp_path / "dl1"), policy)
+    assert verified.signer == "ana" and verified.files >= 4
 
     reject(registry, name, "2", by="bo", comment="recall of tech fell")
     with pytest.raises(RegistryError, match="rejected by bo"):
-        require_approved(registry.get_version(name, version="2"))
+        verify_deployable(registry.get_version(name, version="2"), pkg, policy)
 
-    approve(registry, name, "3", by="ana")
+    approve_as(registry, name, "3", ana, policy)
     assert registry.get_version(name, alias=CHAMPION).version == "3"
     log3 = json.loads(registry.get_version(name, version="3").tags[ALIAS_LOG])
     assert log3[-1] == {**log3[-1], "alias": "champion", "from_version": "1", "to_version": "3", "by": "ana"}
@@ -115,17 +119,23 @@ def test_register_download_and_review_paths(registry, tiny_package, tmp_path):
         reject(registry, name, "1", by="bo")
 
 
-def test_auto_promote_says_so_in_tags(registry, tiny_package, tmp_path):
+def test_auto_promotion_is_pipeline_signed_and_needs_the_policy(registry, tiny_package, tmp_path, reviewers):
     name = f"auto-{tmp_path.name[-10:]}".replace("_", "-")
     (v1,) = _register(registry, tiny_package, name, 1)
-    auto_promote(registry, name, v1)
+    home = tmp_path / "home"
+    with pytest.raises(RegistryError, match="FINESHIP_AUTO_PROMOTE=true"):
+        auto_promote(registry, name, v1, tiny_package, reviewers.policy(home))
+    auto_promote(registry, name, v1, tiny_package, reviewers.policy(home, auto_promote=True))
     v = registry.get_version(name, version=v1)
-    assert v.tags["fineship.auto_promote"] == "true" and v.tags["fineship.review"] == "auto_promoted"
-    assert CHAMPION in v.aliases
+    assert v.tags["fineship.review"] == "auto_promoted" and v.tags["approved_by"] == "pipeline"
+    assert CHAMPION in v.aliases and (home / "keys" / "pipeline.key").stat().st_mode & 0o077 == 0
+    pkg = registry.download_package(name, v1, tmp_path / "dl")
+    assert verify_deployable(v, pkg, reviewers.policy(home, auto_promote=True)).purpose == "auto-promotion"
+    # Where the operator's policy is off, a pipeline-signed version does not deploy.
+    with pytest.raises(RegistryError, match="FINESHIP_AUTO_PROMOTE"):
+        verify_deployable(v, pkg, reviewers.policy(home, auto_promote=False))
 
 
-def test_unknown_version_and_approval_without_name(registry, tmp_path):
+def test_unknown_version(registry, tmp_path):
     with pytest.raises(RegistryError, match="has no version 9"):
         registry.get_version("nope", version="9")
-    with pytest.raises(RegistryError, match="--by NAME"):
-        approve(registry, "nope", "1", by=" ")

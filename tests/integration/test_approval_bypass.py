@@ -1,0 +1,144 @@
+"""Each way around the review that issue #13 lists, tried and refused; the legitimate path beside it.
+
+Threat model: the attacker can start any flow with any parameters and edit any MLflow tag, but holds
+no trusted reviewer's private key and cannot change the operator's configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from components.config import load_config
+from components.errors import ConfigError, RegistryError, SignatureError, SignatureProblem
+from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+from components.registry.review import (
+    REVIEW,
+    SIGNATURE,
+    approve,
+    record_approval,
+    reject,
+    sign_approval,
+    verify_deployable,
+)
+from tests.support.reviewers import approve_as
+from tests.support.tiny import seed_mlflow_db
+
+NAME = "bypass-news"
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_package, reviewers):
+    registry = MlflowRegistry(local_tracking_uri(seed_mlflow_db(tmp_path / "mlflow.db")), tmp_path / "artifacts")
+    for i, gate in enumerate(("passed", "passed", "rejected")):
+        run_id = registry.start_run("bypass", f"r{i}")
+        registry.log_and_register(run_id, tiny_package, NAME, ["a text"], ["torch==2.13.0"], {"fineship.gate": gate})
+        registry.end_run(run_id)
+    return registry, reviewers.policy(tmp_path / "home"), tmp_path
+
+
+def _package(registry, version, tmp_path, tag="p"):
+    return registry.download_package(NAME, version, tmp_path / f"{tag}{version}")
+
+
+def test_a_hand_set_approval_tag_deploys_nothing(setup):
+    registry, policy, tmp_path = setup
+    registry.set_version_tags(NAME, "1", {REVIEW: "approved", "approved_by": "ana"})  # what the MLflow UI allows
+    with pytest.raises(RegistryError, match="no signed approval"):
+        verify_deployable(registry.get_version(NAME, version="1"), _package(registry, "1", tmp_path), policy)
+
+
+def test_a_signature_copied_to_another_version_or_edited_is_refused(setup, reviewers):
+    registry, policy, tmp_path = setup
+    approve_as(registry, NAME, "1", reviewers.signer("ana"), policy)
+    signature = registry.get_version(NAME, version="1").tags[SIGNATURE]
+    registry.set_version_tags(NAME, "2", {SIGNATURE: signature, REVIEW: "approved"})
+    with pytest.raises(SignatureError) as err:
+        verify_deployable(registry.get_version(NAME, version="2"), _package(registry, "2", tmp_path), policy)
+    assert err.value.problem == SignatureProblem.WRONG_MODEL
+    edited = json.loads(signature)
+    edited["manifest"]["model_version"] = "2"  # retarget the manifest: the signature no longer holds
+    registry.set_version_tags(NAME, "2", {SIGNATURE: json.dumps(edited)})
+    with pytest.raises(SignatureError) as err:
+        verify_deployable(registry.get_version(NAME, version="2"), _package(registry, "2", tmp_path, "q"), policy)
+    assert err.value.problem == SignatureProblem.BAD_SIGNATURE
+
+
+def test_an_untrusted_key_cannot_approve(setup, reviewers):
+    registry, policy, tmp_path = setup
+    mallory = reviewers.signer("mallory", trusted=False)  # a key pair the operator never trusted
+    package = _package(registry, "1", tmp_path)
+    with pytest.raises(SignatureError) as err:
+        approve(registry, NAME, "1", mallory, package, policy)
+    assert err.value.problem == SignatureProblem.UNTRUSTED_KEY
+    assert registry.get_version(NAME, version="1").tags.get(SIGNATURE) is None
+    # Written straight into the tag, the same signature is refused at deployment.
+    bundle = sign_approval(registry, NAME, "1", mallory, package, policy)
+    registry.set_version_tags(NAME, "1", {SIGNATURE: bundle.model_dump_json()})
+    with pytest.raises(SignatureError, match="not in the trust store"):
+        verify_deployable(registry.get_version(NAME, version="1"), package, policy)
+
+
+def test_files_changed_after_the_approval_are_refused(setup, reviewers):
+    registry, policy, tmp_path = setup
+    approve_as(registry, NAME, "1", reviewers.signer("ana"), policy)
+    package = _package(registry, "1", tmp_path)
+    weights = next(package.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SignatureError, match="changed since") as err:
+        verify_deployable(registry.get_version(NAME, version="1"), package, policy)
+    assert err.value.problem == SignatureProblem.FILES_CHANGED
+    clean = _package(registry, "1", tmp_path, "clean")  # positive control: the registered files verify
+    assert verify_deployable(registry.get_version(NAME, version="1"), clean, policy).signer == "ana"
+
+
+def test_the_trainer_cannot_approve_unless_the_operator_allows_it(setup, reviewers):
+    registry, policy, tmp_path = setup
+    trainer = registry.run_user(registry.get_version(NAME, version="1").run_id)
+    assert trainer
+    me = reviewers.signer(trainer)
+    package = _package(registry, "1", tmp_path)
+    with pytest.raises(SignatureError, match="separation of duties.*FINESHIP_ALLOW_SELF_APPROVAL"):
+        approve(registry, NAME, "1", me, package, policy)
+    # A signature made by the trainer elsewhere is refused when recorded, too.
+    self_policy = policy.model_copy(update={"allow_self_approval": True})
+    bundle = sign_approval(registry, NAME, "1", me, package, self_policy)
+    with pytest.raises(SignatureError, match="separation of duties"):
+        record_approval(registry, NAME, "1", bundle, package, policy)
+    assert record_approval(registry, NAME, "1", bundle, package, self_policy).to_version == "1"
+
+
+def test_a_failed_gate_or_a_rejection_needs_a_recorded_override(setup, reviewers):
+    registry, policy, tmp_path = setup
+    ana = reviewers.signer("ana")
+    with pytest.raises(RegistryError, match="gate is 'rejected'.*--override"):
+        approve(registry, NAME, "3", ana, _package(registry, "3", tmp_path), policy)
+    reject(registry, NAME, "2", by="bo", comment="worse on tech")
+    with pytest.raises(RegistryError, match="rejected by bo.*--override"):
+        approve(registry, NAME, "2", ana, _package(registry, "2", tmp_path), policy)
+    approve(registry, NAME, "2", ana, _package(registry, "2", tmp_path, "o"), policy,
+            override="bo's tech cases were mislabelled")
+    v2 = registry.get_version(NAME, version="2")
+    assert v2.tags["approval_override"] == "true" and "mislabelled" in v2.tags["approval_comment"]
+    verified = verify_deployable(v2, _package(registry, "2", tmp_path, "d"), policy)
+    assert verified.gate_override and "rejected by bo" in verified.comment  # the override is signed, not just tagged
+
+
+def test_auto_promotion_cannot_be_a_run_setting(tmp_path):
+    for attempt in (["registry.auto_promote=true"], ["registry.auto_promote=false"]):
+        with pytest.raises(ConfigError, match="registry.auto_promote is operator policy.*FINESHIP_AUTO_PROMOTE"):
+            load_config(None, attempt)
+    preset = tmp_path / "sneaky.yaml"
+    shutil.copy("flows/configs/ci.yaml", preset)
+    preset.write_text(preset.read_text().replace("registry:\n", "registry:\n  auto_promote: true\n", 1))
+    with pytest.raises(ConfigError, match="operator policy"):
+        load_config(preset)
+    # The retrain form and the API take the same typed tree: the flow parameter is refused too.
+    from components.config import PipelineConfig
+
+    with pytest.raises(ValueError, match="operator policy"):
+        PipelineConfig.model_validate({"registry": {"auto_promote": True}})
