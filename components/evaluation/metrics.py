@@ -113,3 +113,10 @@ def evaluate_classifier(clf: TextClassifier, texts: Sequence[str], y_true: Seque
     return compute_report(y_true, y_pred, labels + extra, model, texts=list(texts),
                           scores=probs.max(axis=1).tolist(),
                           latency_ms=1000 * elapsed / max(len(texts), 1), split_digest=split_digest)
+
+
+def predicted_labels(clf: TextClassifier, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+    """The top label `clf` predicts for each text."""
+    if not len(texts):
+        return []
+    return [clf.labels[i] for i in clf.predict_proba(list(texts), batch_size=batch_size).argmax(axis=1)]

@@ -56,6 +56,16 @@ def paired_bootstrap_lower_bound(y: np.ndarray, cand: np.ndarray, champ: np.ndar
     return float(observed), float(np.quantile(diffs, 1 - confidence))
 
 
+def wilson_lower_bound(successes: int, n: int, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval of a proportion (z=1.96: the 95% two-sided interval); 0 for n=0."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, (centre - spread) / (1 + z * z / n)))
+
+
 def mcnemar_p(y: np.ndarray, cand: np.ndarray, champ: np.ndarray) -> float:
     """Exact two-sided McNemar p-value on the discordant pairs."""
     from scipy.stats import binomtest
