@@ -1,4 +1,8 @@
-"""The training flow: load -> validate -> split -> train -> evaluate -> gate -> register."""
+"""The training flow: load -> validate -> split -> check labels -> train -> evaluate -> gate -> register.
+
+The flow only composes: every step, every registry write included, is a task (visible in the
+Prefect UI, retried where a retry is safe); what to write is decided by components.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,28 @@ from pydantic import BaseModel, ConfigDict
 
 from components.config import PipelineConfig
 from components.data.io import DatasetRef
-from components.data.profile import DataProfile
-from components.data.validation import ValidationPolicy, ValidationReport
+from components.data.policy import validation_policy
+from components.data.validation import ValidationReport
 from components.errors import GateRejected
 from components.evaluation.gate import GateDecision
 from components.evaluation.metrics import EvaluationReport
-from components.provenance import config_hash, git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
-from components.registry.review import auto_promote
+from components.registry.model_card import model_card, version_tags
 from flows.hooks import notify_failure
 from flows.settings import Settings
-from tasks.data import load_dataset, split_data, validate_data
+from tasks.data import load_inputs, record_split, split_data, validate_inputs
+from tasks.evaluation import check_label_consistency, evaluate_model, gate_candidate, gather_gate_evidence
 from tasks.locks import model_lock
-from tasks.evaluation import confusion_markdown, evaluate_model, gate
-from tasks.registry import download_package, register_model, verify_package_task
-from tasks.training import fine_tune
-
-
-PROFILE_ARTIFACT = "data/profile.json"
+from tasks.registry import (
+    end_training_run,
+    find_champion,
+    promote_by_policy,
+    reconcile_open_runs,
+    register_model,
+    start_training_run,
+    verify_package_task,
+)
+from tasks.training import discard_checkpoints, fine_tune
 
 
 class TrainingOutcome(BaseModel):
@@ -45,147 +53,56 @@ class TrainingOutcome(BaseModel):
     smoke_texts: list[str]
 
 
-def _model_card(config: PipelineConfig, ref: DatasetRef, report: EvaluationReport, decision: GateDecision,
-                champion: EvaluationReport | None) -> str:
-    per_class = "\n".join(f"| {k} | {m.precision:.3f} | {m.recall:.3f} | {m.f1:.3f} | {m.support} |"
-                          for k, m in report.per_class.items())
-    comparison = ""
-    if champion is not None:
-        comparison = ("\n\n## Against the champion (same test split)\n\n| metric | candidate | champion |\n|---|---|---|\n"
-                      + "\n".join(f"| {k} | {getattr(report, k):.4f} | {getattr(champion, k):.4f} |"
-                                  for k in ("accuracy", "macro_f1", "mcc")))
-    return (f"# {config.registry.model_name}\n\nText classifier fine-tuned from `{config.training.model}` on "
-            f"`{ref.uri}` ({ref.rows} rows, sha256 {ref.fingerprint[:12]}).\n\n"
-            f"**Intended use:** classify short English texts into {', '.join(report.labels)}. Texts are truncated at "
-            f"{config.training.max_length} tokens.\n\n## Test metrics ({report.n} rows)\n\n"
-            f"| metric | value | 95% bootstrap interval |\n|---|---|---|\n"
-            f"| accuracy | {report.accuracy:.4f} | [{report.accuracy_ci[0]:.4f}, {report.accuracy_ci[1]:.4f}] |\n"
-            f"| macro-F1 | {report.macro_f1:.4f} | [{report.macro_f1_ci[0]:.4f}, {report.macro_f1_ci[1]:.4f}] |\n"
-            f"| MCC | {report.mcc:.4f} | |\n"
-            f"| expected calibration error | {report.ece if report.ece is not None else float('nan'):.4f} | |\n\n"
-            f"| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n{per_class}"
-            f"\n\n## Confusion matrix (rows: true, columns: predicted)\n\n{confusion_markdown(report)}"
-            f"{comparison}\n\n## Gate\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
-            + "\n\n## Limits\n\nOnly the labels above can be predicted; texts unlike the training data get low-confidence"
-              " scores. Check the data-validation report of the run before trusting a new dataset.")
-
-
-def _link_runs(registry: MlflowRegistry, run_id: str, mlflow_ui_url: str | None) -> None:
-    """Tag the MLflow run with the Prefect flow run (id and URL) and link the MLflow run from Prefect."""
-    from prefect.artifacts import create_link_artifact
-
-    ui = flow_run.ui_url
-    if ui:
-        registry.set_tags(run_id, {"fineship.prefect_flow_run_url": ui})
-    run_url = registry.run_url(run_id, mlflow_ui_url)
-    if run_url:
-        create_link_artifact(run_url, link_text=f"MLflow run {run_id[:8]}", key="mlflow-run")
-
-
 @flow(name="training", log_prints=True, on_failure=[notify_failure])
 def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
     """Validate the data, train a candidate, evaluate it against the champion, gate it and register it."""
-    logger = get_run_logger()
     settings = Settings()
-    uri = settings.mlflow_tracking_uri
-    registry = MlflowRegistry(uri, settings.mlflow_artifact_root)
-    d = config.data
-    s3 = settings.s3_client() if any(p and p.startswith("s3://") for p in (d.path, d.validation_path, d.test_path)) else None
-
-    df, ref = load_dataset(d.path, d.format, s3)
-    extra_refs: dict[str, DatasetRef] = {}
-    validation_df = test_df = None
-    if d.validation_path:
-        validation_df, extra_refs["validation"] = load_dataset(d.validation_path, d.format, s3)
-    if d.test_path:
-        test_df, extra_refs["test"] = load_dataset(d.test_path, d.format, s3)
-    docs_root = settings.home_dir / "cache" / "data_docs"
-
-    run_id = registry.start_run(config.registry.experiment, run_name=f"train-{config.registry.model_name}",
-                                tags={"fineship.prefect_flow_run_id": str(flow_run.get_id() or ""),
-                                      "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
-                                      "fineship.data_fingerprint": ref.fingerprint})
-    registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
-    _link_runs(registry, run_id, settings.mlflow_ui_url)
+    registry = MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)  # one per flow run
+    d, name = config.data, config.registry.model_name
+    inputs = load_inputs(d, settings.s3_client)
+    run_id = start_training_run(registry, config, inputs.main.ref, settings.mlflow_ui_url)
+    work = settings.runs_dir / run_id
+    # MLflow or the Prefect API gone mid-run loses nothing: tests/e2e/test_outage.py says what happens and why.
+    pending, checkpoints = str(settings.home_dir / "pending"), str(settings.home_dir / "checkpoints" / name)
     try:
-        with model_lock(config.registry.model_name):  # runs for one model never race
-            policy = ValidationPolicy(
-                text_column=d.text_column, label_column=d.label_column, labels=d.labels,
-                min_examples_per_class=d.min_examples_per_class, max_chars=d.max_chars,
-                max_duplicate_rate=d.max_duplicate_rate, max_imbalance_ratio=d.max_imbalance_ratio,
-                max_length=config.training.max_length, max_truncated_share=d.max_truncated_share)
-            champion_version = registry.find_version(config.registry.model_name, "champion")
-            reference = None
-            if champion_version is not None and champion_version.run_id:
-                stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
-                reference = DataProfile.model_validate(stored) if stored else None
-            report, profile = validate_data(df, ref.fingerprint, policy, ref.uri, docs_root, config.training.model,
-                                                reference, d.drift, uri, run_id)
-            for name, extra in (("validation", validation_df), ("test", test_df)):
-                if extra is not None:
-                    validate_data(extra, extra_refs[name].fingerprint, policy.model_copy(update={"min_examples_per_class": 1}),
-                                      f"{name} file", docs_root)
-            registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
-            labels = list(d.labels) if d.labels else sorted(report.class_counts)
-
-            sp = config.split
-            splits = split_data(df, ":".join(r.fingerprint for r in (ref, *extra_refs.values())), d.text_column,
-                                d.label_column, sp.train, sp.validation, sp.test, sp.seed,
-                                validation_df, test_df, sp.near_duplicate_threshold)
-            m = splits.manifest
-            registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
-            registry.log_dataset_inputs(run_id, {k: splits.frame(k) for k in ("train", "validation", "test")}, ref.uri,
-                                        {k: f"{m.digest}-{k}" for k in ("train", "validation", "test")}, d.label_column)
-            registry.set_tags(run_id, {"fineship.split_digest": m.digest})
-            registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
-                                         "split.near_duplicate_threshold": sp.near_duplicate_threshold,
-                                         **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
-
-            package_dir = str(settings.runs_dir / run_id / "package")
-            trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, package_dir, uri, run_id,
-                                settings.aws_region, settings.aws_endpoint_url)
-            candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate", uri, run_id)
-
-            champion = None
-            if champion_version is not None:
-                champ_dir = download_package(config.registry.model_name, champion_version.version,
-                                             str(settings.runs_dir / run_id / "champion"), uri)
-                champion = evaluate_model(champ_dir, splits, d.text_column, d.label_column, "champion", uri, run_id)
-            decision = gate(candidate, champion, config.gate, champion_version.version if champion_version else None,
-                            uri, run_id)
+        reconcile_open_runs(registry, pending, run_id)  # ends runs earlier processes left RUNNING
+        with model_lock(name):  # runs for one model never race
+            champion = find_champion(registry, name)
+            check = validate_inputs(inputs, config, validation_policy(config), settings.home_dir / "cache" / "data_docs",
+                                    champion.profile, registry, run_id)
+            labels = list(d.labels) if d.labels else sorted(check.report.class_counts)
+            splits = split_data(inputs, config)
+            record_split(registry, run_id, config, inputs.main.ref, splits)
+            evidence = gather_gate_evidence(registry, champion.version, config.gate, labels, str(work / "champion"))
+            check_label_consistency(evidence, splits.train, d.text_column, d.label_column, config.gate, registry, run_id)
+            trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, str(work / "package"),
+                                registry, run_id, settings.aws, checkpoints)  # a re-run resumes from its checkpoint
+            candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate",
+                                       registry, run_id)
+            gated = gate_candidate(trained.package_dir, candidate, evidence, splits, d.text_column, d.label_column,
+                                   config.gate, registry, run_id)  # new test split + champion's reference set
+            decision, champion_report = gated.decision, gated.champion
             smoke_texts = splits.test[d.text_column].head(5).tolist()
             if not decision.passed:
-                registry.end_run(run_id, "FINISHED")
+                end_training_run(registry, run_id, "FINISHED", pending)
                 raise GateRejected(decision.summary() + "; nothing was registered", decision)
-
             verify_package_task(trained.package_dir, smoke_texts)
-            tags = {
-                "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": splits.manifest.digest,
-                "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
-                "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
-                "fineship.labels": ",".join(labels), "fineship.base_model": config.training.model,
-                **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
-                "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
-                "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
-                "fineship.auto_promote": str(config.registry.auto_promote).lower(),
-                "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
-            }
-            card = _model_card(config, ref, candidate, decision, champion)
-            registry.log_text(run_id, card, "model_card.md")
-            registered = register_model(trained.package_dir, config.registry.model_name, run_id, smoke_texts, tags,
-                                        card, uri, settings.mlflow_ui_url,
-                                    idempotency_key=f"prefect-flow-run:{flow_run.root_flow_run_id or flow_run.id}")
-            if config.registry.auto_promote:
-                auto_promote(registry, registered.name, registered.version)
-                registered = registry.get_version(registered.name, version=registered.version)
-            registry.end_run(run_id, "FINISHED")
+            registered = register_model(
+                registry, trained.package_dir, name, run_id, smoke_texts,
+                version_tags(config, inputs.main.ref, splits.manifest, labels, candidate, decision, run_id),
+                model_card(config, inputs.main.ref, candidate, decision, champion_report), settings.mlflow_ui_url,
+                idempotency_key=f"prefect-flow-run:{flow_run.root_flow_run_id or flow_run.id}")
+            if settings.auto_promote:  # operator policy (FINESHIP_AUTO_PROMOTE), never a run parameter
+                registered = promote_by_policy(registry, registered, trained.package_dir, settings.review_policy())
+            end_training_run(registry, run_id, "FINISHED", pending)
+            discard_checkpoints(trained.checkpoint_dir, checkpoints)
     except GateRejected:
         raise
     except BaseException:
-        registry.end_run(run_id, "FAILED")
+        end_training_run(registry, run_id, "FAILED", pending)  # MLflow down: recorded, ended by the next run
         raise
-    logger.info("run %s registered %s v%s", run_id, registered.name, registered.version)
-    return TrainingOutcome(run_id=run_id, dataset=ref, validation=report, split_digest=splits.manifest.digest,
-                           package_dir=trained.package_dir, candidate=candidate, champion=champion,
-                           decision=decision, registered=registered, smoke_texts=smoke_texts)
-
+    get_run_logger().info("run %s registered %s v%s", run_id, registered.name, registered.version)
+    return TrainingOutcome(run_id=run_id, dataset=inputs.main.ref, validation=check.report,
+                           split_digest=splits.manifest.digest, package_dir=trained.package_dir, candidate=candidate,
+                           champion=champion_report, decision=decision, registered=registered,
+                           smoke_texts=smoke_texts)

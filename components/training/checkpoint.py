@@ -25,10 +25,12 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.config import TrainingConfig
 from components.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -202,3 +204,39 @@ def clean_temporary(root: str | Path) -> None:
         for p in r.iterdir():
             if p.name.startswith(_TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+# -- where flow runs keep their checkpoints ----------------------------------------------------------
+# Fields that only say where and how often to checkpoint: they do not make a run different.
+_PLACEMENT_FIELDS = {"checkpoint_dir", "checkpoint_every_steps", "keep_checkpoints", "resume"}
+
+
+def run_checkpoint_dir(root: str | Path, cfg: TrainingConfig, labels: list[str], *data: Sequence[Any]) -> Path:
+    """`<root>/<config hash>-<data hash>`: one directory per training configuration and exact training data.
+
+    A re-run of the same configuration on the same data finds its checkpoints there and resumes; any
+    change to either gets a fresh directory, so a checkpoint is never resumed into a different run.
+    """
+    settings = cfg.model_dump(mode="json", exclude=_PLACEMENT_FIELDS)
+    config = hashlib.sha256(json.dumps({"training": settings, "labels": labels}, sort_keys=True).encode())
+    content = hashlib.sha256()
+    for part in data:
+        for item in part:
+            content.update(str(item).encode())
+            content.update(b"\x1f")
+        content.update(b"\x1e")
+    return Path(root) / f"{config.hexdigest()[:12]}-{content.hexdigest()[:12]}"
+
+
+def prune_run_dirs(root: str | Path, keep: int, current: str | Path | None = None) -> list[Path]:
+    """Delete all but the `keep` most recently used run directories under `root` (never `current`)."""
+    r = Path(root)
+    if not r.is_dir():
+        return []
+    cur = Path(current).resolve() if current else None
+    dirs = sorted((p for p in r.iterdir() if p.is_dir() and p.resolve() != cur), key=lambda p: p.stat().st_mtime)
+    doomed = dirs[:max(0, len(dirs) - max(0, keep - (1 if cur else 0)))]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("removed old checkpoints %s", p)
+    return doomed

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.config import TrainingConfig
 from components.errors import TrainingError
-from components.package import PackageMeta, resolve_device, save_package
+from components.package import PackageMeta, preprocess, resolve_device, save_package
 from components.training.batching import collate, count_batches, epoch_batches, length_grouped_batches  # noqa: F401
 from components.training.checkpoint import (
     clean_temporary,
@@ -76,6 +76,7 @@ class TrainedModel(BaseModel):
     effective_batch_size: int = 0
     resumed_from_step: int | None = None
     early_stopped: bool = False
+    checkpoint_dir: str | None = Field(None, description="Where the run's checkpoints are (training.checkpoint_dir).")
 
 
 class TrainingInterrupted(TrainingError):
@@ -319,6 +320,9 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     if ctx.distributed:  # same head initialisation on every process (above), different dropout masks (here)
         torch.manual_seed(cfg.seed + ctx.rank)
     padding_side = tokenizer.padding_side
+    # The package this run writes: its text_preprocessing is applied here as the server will apply it.
+    meta = PackageMeta(labels=labels, max_length=cfg.max_length, padding_side=padding_side,
+                       base_model=cfg.model)
     pad_id = tokenizer.pad_token_id
     positions = is_decoder_only(model.config)
     label_ids = {name: i for i, name in enumerate(labels)}
@@ -326,7 +330,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     def encode(texts: Sequence[str]) -> list[list[int]]:
         if not len(texts):  # fast tokenizers fail on an empty batch
             return []
-        return tokenizer([t.strip() for t in texts], truncation=True, max_length=cfg.max_length)["input_ids"]
+        return tokenizer(preprocess(texts, meta), truncation=True, max_length=cfg.max_length)["input_ids"]
 
     enc_train, y_train = encode(train_texts), [label_ids[y] for y in train_labels]
     enc_val, y_val = encode(val_texts), [label_ids[y] for y in val_labels if y in label_ids]
@@ -534,8 +538,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     pkg = Path(out_dir)
     if ctx.is_main:
         model.to("cpu").eval()
-        meta = PackageMeta(labels=labels, max_length=cfg.max_length, padding_side=padding_side, base_model=cfg.model)
-        pkg = save_package(model, tokenizer, out_dir, meta)
+        pkg = save_package(model, tokenizer, out_dir, meta.model_copy(update={"created_at": time.time()}))
     barrier(ctx)
     if ctx.is_main:
         log.info("trained %d steps (%s, %d process(es), %d threads each) in %.1fs", loop.step, precision, world,
@@ -548,5 +551,5 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
         history=loop.history,
         steps_log=loop.steps_log, health=health, precision=precision, world_size=world,
         effective_batch_size=cfg.batch_size * per_step, resumed_from_step=resumed_from,
-        early_stopped=loop.early_stopped,
+        early_stopped=loop.early_stopped, checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
     )

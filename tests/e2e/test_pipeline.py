@@ -31,8 +31,12 @@ def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_h
     from flows.deployment import DeployRequest, deployment_flow
     from flows.training import training_flow
 
-    outcome = training_flow(_config(tiny_bert))
+    from components.data.policy import validation_policy
+
+    config = _config(tiny_bert)
+    outcome = training_flow(config)
     assert outcome.decision.passed
+    assert outcome.validation.policy == validation_policy(config)  # the one DataConfig -> policy mapping
     assert outcome.registered is not None and outcome.registered.version == "1"
     assert "challenger" in outcome.registered.aliases
     version = _registry(fineship_home).get_version("e2e-news", version="1")
@@ -89,16 +93,19 @@ def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_b
     assert _artifact_count("split") == published + 1  # a cache hit still publishes the run's split table
 
 
-def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_harness, fineship_home, tiny_bert):
+def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_harness, fineship_home, tiny_bert,
+                                                                       monkeypatch, reviewers):
     from components.errors import DeploymentError
-    from components.registry.review import approve
     from flows.deployment import DeployRequest, deployment_flow
+    from flows.settings import Settings
     from flows.training import training_flow
+    from tests.support.reviewers import approve_as
 
-    first = training_flow(_config(tiny_bert, **{"registry.auto_promote": "true"}))
-    assert "champion" in first.registered.aliases
-    second = training_flow(_config(tiny_bert, **{"registry.auto_promote": "false", "gate.margin": 0.5,
-                                                 "gate.max_class_recall_drop": 1.0}))
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "true")  # the operator's policy, for the first version only
+    first = training_flow(_config(tiny_bert))
+    assert "champion" in first.registered.aliases and first.registered.tags["approved_by"] == "pipeline"
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "false")
+    second = training_flow(_config(tiny_bert, **{"gate.margin": 0.5, "gate.max_class_recall_drop": 1.0}))
     # drift was checked against the champion's stored profile (same data: no drift)
     drift = {r.rule: r for r in second.validation.results if r.rule.startswith("drift_")}
     assert set(drift) == {"drift_label_set", "drift_label_distribution", "drift_text_length", "drift_vocabulary"}
@@ -110,11 +117,14 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
     assert second.registered.version == "2" and "champion" not in second.registered.aliases
 
     registry = _registry(fineship_home)
-    with pytest.raises(DeploymentError, match="fineship approve e2e-news 2 --by"):
+    with pytest.raises(DeploymentError, match="fineship approve e2e-news 2"):
         deployment_flow(DeployRequest(model_name="e2e-news", version="2", port=0))
     assert not (fineship_home / "endpoints").exists()  # refused before anything was touched
+    # v1 was signed by the pipeline: with the operator's policy now off, it does not deploy either.
+    with pytest.raises(Exception, match="FINESHIP_AUTO_PROMOTE"):
+        deployment_flow(DeployRequest(model_name="e2e-news", version="1", port=0))
 
-    approve(registry, "e2e-news", "2", by="reviewer")
+    approve_as(registry, "e2e-news", "2", reviewers.signer("reviewer"), Settings().review_policy())
     record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0))
     assert record.model_version == "2"
     version = registry.get_version("e2e-news", version="2")
@@ -123,17 +133,18 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
 
 
 def test_candidate_trained_on_shuffled_labels_is_rejected(prefect_harness, fineship_home, tiny_bert, tmp_path,
-                                                          sample_df):
+                                                          sample_df, monkeypatch):
     from flows.training import training_flow
 
-    good = training_flow(_config(tiny_bert, **{"registry.auto_promote": "true", "training.epochs": 12,
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "true")
+
+    good = training_flow(_config(tiny_bert, **{"training.epochs": 12,
                                                "training.early_stopping_patience": 4}))
     assert "champion" in good.registered.aliases
     shuffled = tmp_path / "shuffled.csv"
     sample_df.assign(label=sample_df.label.sample(frac=1, random_state=0).to_numpy()).to_csv(shuffled, index=False)
     with pytest.raises(GateRejected) as err:
-        training_flow(_config(tiny_bert, **{"data.path": str(shuffled), "registry.auto_promote": "true",
-                                            "training.epochs": 12, "training.early_stopping_patience": 4,
+        training_flow(_config(tiny_bert, **{"data.path": str(shuffled), "training.epochs": 12, "training.early_stopping_patience": 4,
                                             "gate.margin": 0.02}))
     assert "may be worse than the champion" in str(err.value)
     registry = _registry(fineship_home)
@@ -142,10 +153,11 @@ def test_candidate_trained_on_shuffled_labels_is_rejected(prefect_harness, fines
 
 
 def test_label_set_drift_against_champion_stops_the_run(prefect_harness, fineship_home, tiny_bert, tmp_path,
-                                                        sample_df):
+                                                        sample_df, monkeypatch):
     from flows.training import training_flow
 
-    training_flow(_config(tiny_bert, **{"registry.auto_promote": "true", "training.max_steps": 5}))
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "true")
+    training_flow(_config(tiny_bert, **{"training.max_steps": 5}))
     renamed = tmp_path / "renamed.csv"
     sample_df.assign(label=sample_df.label.replace({"tech": "science"})).to_csv(renamed, index=False)
     with pytest.raises(DataValidationError, match="drift_label_set"):
