@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from components.procs import free_port, pid_alive
-from tests.support.tiny import REPO, SAMPLE, seed_mlflow_db
+from tests.support.stack import running_stack
+from tests.support.tiny import REPO, SAMPLE
 
 pytestmark = pytest.mark.e2e
 SCREENSHOTS = REPO / "tests" / "_screenshots"
@@ -22,38 +21,21 @@ LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from flows.stack import down, stack_env, up
+    from tests.support.reviewers import Reviewers
 
     home = tmp_path_factory.mktemp("stack-home")
-    seed_mlflow_db(home / "mlflow-server.db")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FINESHIP_HOME", str(home))
-        for var in ("PREFECT_API_URL", "FINESHIP_TRACKING_URI", "FINESHIP_MLFLOW_UI_URL"):
-            mp.delenv(var, raising=False)
-        state = up(free_port(), free_port(), deployments=True)
-        for k, v in stack_env(state).items():
-            mp.setenv(k, v)
-        # A session-wide prefect_test_harness from other tests may be active: its settings context beats the
-        # environment, so point this process's Prefect client at the stack explicitly.
-        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url,
-                                             PREFECT_UI_URL: state.prefect_ui_url}):
-                yield state, home
-        finally:
-            pids = [s.pid for s in state.services]
-            down(quiet=True)
-            time.sleep(0.5)
-            alive = [p for p in pids if pid_alive(p)]
-            assert alive == [], f"stack processes left behind: {alive}"
+    reviewers = Reviewers(home / "reviewers")
+    operator = {"FINESHIP_AUTO_PROMOTE": "true",
+                "FINESHIP_TRUSTED_REVIEWERS": reviewers.env()["FINESHIP_TRUSTED_REVIEWERS"]}
+    with running_stack(home, deployments=True, operator_env=operator) as state:
+        yield state, home, reviewers
 
 
 def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    state, home = stack
+    state, home, reviewers = stack
     with get_client(sync_client=True) as client:
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
         assert {"retrain/retrain", "deployment/deploy-model", "promote/promote"} <= names
@@ -64,8 +46,12 @@ def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
     config = {"data": {"path": str(SAMPLE), "labels": LABELS},
               "training": {"model": str(tiny_bert), "max_length": 48, "epochs": 2, "learning_rate": 0.003},
               "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0},
-              "registry": {"model_name": "stack-news", "experiment": "stack", "auto_promote": True},
+              "registry": {"model_name": "stack-news", "experiment": "stack"},
               "deploy": {"target": "none"}}
+    # Operator policy cannot come with a run: the parameter is refused before the run starts.
+    sneaky = {**config, "registry": {**config["registry"], "auto_promote": True}}
+    with pytest.raises(Exception, match="auto_promote"):
+        run_deployment("retrain/retrain", parameters={"config": sneaky}, timeout=60, poll_interval=2)
     run = run_deployment("retrain/retrain", parameters={"config": config}, timeout=600, poll_interval=2)
     assert run.state.is_completed(), run.state.message
 
@@ -85,6 +71,13 @@ def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
     assert keys == {"validation", "split", "training", "evaluation-candidate", "gate", "registered-version",
                     "mlflow-run", "mlflow-version"}
 
+    # A trusted reviewer signs v1 (replacing the pipeline's signature); the worker verifies it before deploying.
+    from components.registry.review import ReviewPolicy
+    from tests.support.reviewers import approve_as
+
+    approve_as(registry, "stack-news", "1", reviewers.signer("rita"),
+               ReviewPolicy(trusted_reviewers=reviewers.trusted, home=home))
+    assert registry.get_version("stack-news", version="1").tags["approved_by"] == "rita"
     run = run_deployment("deployment/deploy-model", timeout=600, poll_interval=2, parameters={
         "request": {"model_name": "stack-news", "version": "1", "target": "local", "endpoint_name": "stack-e2e",
                     "port": 0}})
@@ -114,7 +107,7 @@ def test_browser_shows_deployment_form_and_model_version(stack, tmp_path):
     from PIL import Image
     from prefect import get_client
 
-    state, _ = stack
+    state, _, _ = stack
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("deployment/deploy-model")
