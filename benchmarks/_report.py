@@ -1,10 +1,12 @@
-"""Shared by the benchmark scripts: machine description and writing one section of docs/benchmarks.md."""
+"""Shared by the benchmark scripts: machine description, their RESULT lines, and writing one section of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,3 +43,23 @@ def write_section(title: str, body: str) -> Path:
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     DOC.write_text(text.rstrip() + "\n")
     return DOC
+
+
+class Results:
+    """A benchmark's RESULT lines: each printed to stdout when it is known (so a benchmark's last stdout lines
+    are its RESULT lines), then all of them written below the body of its docs/benchmarks.md section."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        """Print one `RESULT key=value ...` line and keep it for the section."""
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, body: str) -> Path:
+        """Replace the benchmark's section with `body` and a code block of the RESULT lines (path on stderr)."""
+        path = write_section(self.title, body.rstrip() + "\n\n```\n" + "\n".join(self.lines) + "\n```\n")
+        print("wrote", path, file=sys.stderr)
+        return path

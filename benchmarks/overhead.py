@@ -5,10 +5,10 @@
 Both variants run the demo preset (flows/configs/demo.yaml on data/sample/news.csv) as `make demo`
 trains it. `--max-steps N` shrinks the training for a quick check (then the gate floors are set to 0
 so the shrunk candidate is still registered); the fixed orchestration cost is then a larger share. The
-Prefect variant calls `training_flow(config)`; the direct variant (`direct_pipeline` below) calls the
-same component functions in the same order with the same MLflow logging, and leaves out only what
-is orchestration: task and flow runs, their states and logs in the Prefect API, artifacts, result
-persistence and cache keys, the per-model concurrency lock.
+Prefect variant calls `training_flow(config)`; the direct variant (`direct_pipeline` below) runs the
+same flow body (`training_flow.fn`) with every task of the flow's modules replaced by its own `.fn`, so
+it executes the real code and leaves out only what is orchestration: task and flow runs, their states
+and logs in the Prefect API, artifacts, result persistence and cache keys, the per-model concurrency lock.
 
 Fairness: the variants alternate A/B/A/B in one process (load changes on a shared machine hit both);
 every run gets a fresh FINESHIP_HOME (own MLflow SQLite store and artifacts, no champion, so both do
@@ -34,17 +34,36 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STAGES = ["load-dataset", "check-data", "publish-validation", "split-data", "publish-split", "fine-tune", "evaluate",
-          "gate", "verify-package", "register-model"]
+FLOW_MODULES = ("flows.training", "tasks.data", "tasks.registry", "tasks.training", "tasks.evaluation")
+
+
+def flow_tasks() -> dict[str, Any]:
+    """Every Prefect task the training flow can call, by task name (read from the flow's own modules)."""
+    import importlib
+
+    from prefect import Task
+
+    found: dict[str, Any] = {}
+    for name in FLOW_MODULES:
+        for obj in vars(importlib.import_module(name)).values():
+            if isinstance(obj, Task):
+                found[obj.name] = obj
+    return found
+
+
+RUN_STAGES: list[str] = []  # the tasks a first run executes, in order (filled by the direct runs)
+
+
+def clock_names() -> list[str]:
+    return RUN_STAGES or sorted(flow_tasks())
 
 
 # -- the direct path --------------------------------------------------------------------------------
@@ -54,172 +73,73 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
 
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
+    def wrap(self, name: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                result = self.results[name] = fn(*args, **kwargs)
+                return result
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return timed
+
+
+@contextmanager
+def without_prefect(clock: StageClock) -> Iterator[None]:
+    """The flow's own modules with every task replaced by its plain function (`.fn`, timed), Prefect artifacts
+    and the per-model concurrency lock made no-ops, and the run loggers disabled: orchestration removed,
+    nothing else. New tasks are picked up by name, so this never drifts from the flow."""
+    import importlib
+
+    from prefect import Task
+    from prefect.logging import disable_run_logger
+
+    saved: list[tuple[Any, str, Any]] = []
+    for name in FLOW_MODULES:
+        module = importlib.import_module(name)
+        for attr, obj in list(vars(module).items()):
+            if isinstance(obj, Task):
+                new = clock.wrap(obj.name, obj.fn)
+            elif attr.startswith("create_") and attr.endswith("_artifact"):
+                new = lambda *a, **k: None  # noqa: E731 - Prefect artifacts have no counterpart here
+            elif attr == "model_lock":
+                new = lambda _name: nullcontext()  # noqa: E731 - a Prefect global concurrency limit
+            else:
+                continue
+            saved.append((module, attr, obj))
+            setattr(module, attr, new)
+    try:
+        with disable_run_logger():
             yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    finally:
+        for module, attr, obj in saved:
+            setattr(module, attr, obj)
 
 
 def direct_pipeline(config: Any, clock: StageClock | None = None) -> dict[str, Any]:
-    """`training_flow` without Prefect: the same component calls, in the same order, with the same MLflow logging.
-
-    Mirrors flows/training.py and the task bodies in tasks/*.py line by line for a local dataset with
-    no explicit validation/test files and no s3; the flow's plain helpers (no @task) are reused so
-    the MLflow content is identical. Prefect artifacts, logs and states have no counterpart here.
-    """
-    from transformers import AutoTokenizer
-
-    from components.data.io import read_dataset
-    from components.data.profile import DataProfile, build_profile
-    from components.data.split import split_frame
-    from components.data.validation import ValidationPolicy, validate_frame
-    from components.errors import DataValidationError, GateRejected
-    from components.evaluation.gate import decide
-    from components.evaluation.metrics import evaluate_classifier
-    from components.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_training_curves
-    from components.package import load_package
-    from components.provenance import config_hash, git_commit
-    from components.registry.mlflow_registry import MlflowRegistry
-    from components.registry.package_check import verify_package
-    from components.registry.review import auto_promote
-    from components.training.model_factory import resolve_model_path
-    from components.training.trainer import train
-    from flows.settings import Settings
-    from flows.training import PROFILE_ARTIFACT, _model_card
-    from tasks.data import _log_docs, _policy_hash
-    from tasks.registry import PIP_REQUIREMENTS
-    from tasks.training import _log_health, _params
+    """`training_flow`'s own body and task bodies without Prefect (see `without_prefect`)."""
+    from flows.training import training_flow
 
     clock = clock or StageClock()
-    settings = Settings()
-    uri = settings.mlflow_tracking_uri
-    registry = MlflowRegistry(uri, settings.mlflow_artifact_root)
-    d = config.data
-    with clock("load-dataset"):
-        df, ref = read_dataset(d.path, d.format, s3_client=None)
-    docs_root = settings.home_dir / "cache" / "data_docs"
-    run_id = registry.start_run(config.registry.experiment, run_name=f"train-{config.registry.model_name}",
-                                tags={"fineship.prefect_flow_run_id": "", "fineship.git_commit": git_commit(),
-                                      "fineship.config_hash": config_hash(config),
-                                      "fineship.data_fingerprint": ref.fingerprint})
-    registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
-    try:
-        policy = ValidationPolicy(
-            text_column=d.text_column, label_column=d.label_column, labels=d.labels,
-            min_examples_per_class=d.min_examples_per_class, max_chars=d.max_chars,
-            max_duplicate_rate=d.max_duplicate_rate, max_imbalance_ratio=d.max_imbalance_ratio,
-            max_length=config.training.max_length, max_truncated_share=d.max_truncated_share)
-        champion_version = registry.find_version(config.registry.model_name, "champion")
-        reference = None
-        if champion_version is not None and champion_version.run_id:
-            stored = registry.load_run_json(champion_version.run_id, PROFILE_ARTIFACT)
-            reference = DataProfile.model_validate(stored) if stored else None
-        if reference is not None:
-            raise RuntimeError("fresh FINESHIP_HOME expected: found a champion")
-        docs_dir = str(docs_root / f"{ref.fingerprint[:16]}-{_policy_hash(policy, reference)}")
-        with clock("check-data"):  # tasks.data.check_data
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.training.model))
-            report = validate_frame(df, policy, ref.uri, tokenizer, docs_dir=docs_dir)
-            profile = build_profile(df, policy.text_column, policy.label_column) if report.passed else None
-        with clock("publish-validation"):  # tasks.data.publish_validation
-            MlflowRegistry(uri).log_dict(run_id, report.model_dump(), "validation/report.json")
-            if report.docs_dir and Path(report.docs_dir).is_dir():
-                with tempfile.TemporaryDirectory() as tmp:
-                    docs = Path(tmp) / "data_docs"
-                    shutil.copytree(report.docs_dir, docs)
-                    _log_docs(docs, uri, run_id)
-            if not report.passed:
-                raise DataValidationError(report.summary(), report)
-        registry.log_dict(run_id, profile.model_dump(), PROFILE_ARTIFACT)
-        labels = list(d.labels) if d.labels else sorted(report.class_counts)
+    with without_prefect(clock):
+        outcome = training_flow.fn(config)
+    RUN_STAGES[:] = list(clock.seconds)
+    reg, trained = outcome.registered, clock.results["fine-tune"]
+    return {"run_id": outcome.run_id, "steps": trained.steps, "train_rows": len(trained_rows(outcome)),
+            "accuracy": outcome.candidate.accuracy, "registered": f"{reg.name} v{reg.version}",
+            "aliases": list(reg.aliases)}
 
-        sp = config.split
-        with clock("split-data"):  # tasks.data.split_data
-            splits = split_frame(df, d.text_column, d.label_column, sp.train, sp.validation, sp.test, sp.seed,
-                                 sp.near_duplicate_threshold)
-        m = splits.manifest
-        registry.log_dict(run_id, m.model_dump(), "data/split_manifest.json")
-        registry.log_dataset_inputs(run_id, {k: splits.frame(k) for k in ("train", "validation", "test")}, ref.uri,
-                                    {k: f"{m.digest}-{k}" for k in ("train", "validation", "test")}, d.label_column)
-        registry.set_tags(run_id, {"fineship.split_digest": m.digest})
-        registry.log_params(run_id, {"data.uri": ref.uri, "data.rows": ref.rows, "split.seed": sp.seed,
-                                     "split.near_duplicate_threshold": sp.near_duplicate_threshold,
-                                     **{f"split.{k}_rows": v for k, v in m.sizes.items()}})
 
-        package_dir = str(settings.runs_dir / run_id / "package")
-        cfg = config.training
-        with clock("fine-tune"):  # tasks.training.fine_tune (local backend, one process)
-            treg = MlflowRegistry(uri)
-            treg.log_params(run_id, _params(cfg))
-            tc, lc = d.text_column, d.label_column
-            trained = train(splits.train[tc].tolist(), splits.train[lc].astype(str).tolist(),
-                            splits.validation[tc].tolist(), splits.validation[lc].astype(str).tolist(),
-                            labels, cfg, package_dir, on_metrics=lambda mt, step: treg.log_metrics(run_id, mt, step))
-            treg.log_metrics(run_id, {"train_seconds": trained.train_seconds,
-                                      "train_samples_per_second": trained.samples_per_second})
-            _log_health(treg, run_id, trained)
-            if trained.history:
-                with tempfile.TemporaryDirectory() as tmp:
-                    treg.log_artifact(run_id, plot_training_curves(trained.history, Path(tmp) / "training_curves.png"),
-                                      "plots")
-        with clock("evaluate"):  # tasks.evaluation.evaluate_model, role "candidate"
-            clf = load_package(trained.package_dir)
-            test = splits.test
-            candidate = evaluate_classifier(clf, test[tc].tolist(), test[lc].astype(str).tolist(),
-                                            model=trained.package_dir, split_digest=m.digest)
-            ereg = MlflowRegistry(uri)
-            ereg.log_metrics(run_id, {f"candidate_test_{k}": v for k, v in candidate.headline().items()}
-                             | {"candidate_latency_ms_per_example": candidate.latency_ms_per_example})
-            ereg.log_dict(run_id, candidate.model_dump(), "evaluation/candidate_report.json")
-            with tempfile.TemporaryDirectory() as tmp:
-                cm_png = plot_confusion_matrix(candidate, Path(tmp) / "candidate_confusion_matrix.png")
-                ereg.log_artifact(run_id, cm_png, "plots")
-                ereg.log_artifact(run_id, plot_reliability(candidate, Path(tmp) / "candidate_reliability.png"), "plots")
-        champion = None  # fresh home: no champion to download and score
-        with clock("gate"):  # tasks.evaluation.gate
-            decision = decide(candidate, champion, config.gate, None)
-            MlflowRegistry(uri).set_tags(run_id, {"fineship.gate": "passed" if decision.passed else "rejected",
-                                                  "fineship.gate_reasons": "; ".join(decision.reasons)})
-        smoke_texts = splits.test[d.text_column].head(5).tolist()
-        if not decision.passed:
-            registry.end_run(run_id, "FINISHED")
-            raise GateRejected(decision.summary() + "; nothing was registered", decision)
+def trained_rows(outcome: Any) -> list[str]:
+    """The training split's row hashes, from the run's split manifest."""
+    from components.registry.mlflow_registry import MlflowRegistry
+    from components.registry.model_card import MANIFEST_ARTIFACT
+    from flows.settings import Settings
 
-        with clock("verify-package"):  # tasks.registry.verify_package_task
-            vclf = load_package(trained.package_dir)
-            verify_package(trained.package_dir, smoke_texts, vclf.predict_proba(smoke_texts))
-        tags = {
-            "fineship.data_fingerprint": ref.fingerprint, "fineship.split_digest": m.digest,
-            "fineship.git_commit": git_commit(), "fineship.config_hash": config_hash(config),
-            "fineship.gate": "passed", "fineship.gate_reasons": "; ".join(decision.reasons),
-            "fineship.labels": ",".join(labels), "fineship.base_model": cfg.model,
-            **{f"metric.{k}": f"{v:.4f}" for k, v in candidate.headline().items()},
-            "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
-            "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
-            "fineship.auto_promote": str(config.registry.auto_promote).lower(),
-            "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
-        }
-        card = _model_card(config, ref, candidate, decision, champion)
-        registry.log_text(run_id, card, "model_card.md")
-        with clock("register-model"):  # tasks.registry.register_model
-            registered = MlflowRegistry(uri).log_and_register(
-                run_id, trained.package_dir, config.registry.model_name, smoke_texts, PIP_REQUIREMENTS, tags, card,
-                aliases=("challenger",), idempotency_key=f"direct:{uuid.uuid4()}")
-        if config.registry.auto_promote:
-            auto_promote(registry, registered.name, registered.version)
-            registered = registry.get_version(registered.name, version=registered.version)
-        registry.end_run(run_id, "FINISHED")
-    except GateRejected:
-        raise
-    except BaseException:
-        registry.end_run(run_id, "FAILED")
-        raise
-    return {"run_id": run_id, "steps": trained.steps, "train_rows": m.sizes["train"], "accuracy": candidate.accuracy,
-            "registered": f"{registered.name} v{registered.version}", "aliases": list(registered.aliases)}
+    manifest = MlflowRegistry(Settings().mlflow_tracking_uri).load_run_json(outcome.run_id, MANIFEST_ARTIFACT)
+    return manifest["row_hashes"]["train"]
 
 
 # -- the Prefect path -------------------------------------------------------------------------------
@@ -243,7 +163,7 @@ def _task_timings(flow_run_id: Any, expected: int, wait: float = 30.0) -> tuple[
         flow_seconds = client.read_flow_run(flow_run_id).total_run_time.total_seconds()
     per_task: dict[str, float] = {}
     for r in done:  # task run names are "<task name>-<short hex>"
-        name = next((s for s in STAGES if r.name == s or r.name.startswith(s + "-")), r.name)
+        name = next((s for s in clock_names() if r.name == s or r.name.startswith(s + "-")), r.name)
         per_task[name] = per_task.get(name, 0.0) + r.total_run_time.total_seconds()
     return per_task, sorted(r.state.name for r in done), flow_seconds
 
@@ -310,7 +230,7 @@ def one_run(variant: str, config: Any, root: Path, server_pid: int | None = None
             info["stages"] = clock.seconds
         else:
             info["stages"], info["task_states"], info["flow_run_seconds"] = _task_timings(info["flow_run_id"],
-                                                                                          len(STAGES))
+                                                                                          len(clock_names()))
             cached = [s for s in info["task_states"] if s.lower() == "cached"]
             if cached:
                 raise SystemExit(f"a task result came from the cache ({info['task_states']}): not a fair comparison")
@@ -356,6 +276,7 @@ def main() -> None:
     # server's database) and every FINESHIP_HOME under the scratch directory; no shared MLflow store.
     os.environ["FINESHIP_HOME"] = str(root / "home")
     os.environ["PREFECT_HOME"] = str(root / "prefect")
+    os.environ["FINESHIP_AUTO_PROMOTE"] = "true"  # as `make demo` sets the operator policy
     dropped = [k for k in ("FINESHIP_TRACKING_URI", "FINESHIP_ARTIFACT_ROOT", "FINESHIP_MLFLOW_UI_URL")
                if os.environ.pop(k, None) is not None]
     if dropped:
@@ -370,7 +291,7 @@ def main() -> None:
     import transformers  # noqa: F401
     from prefect.settings import PREFECT_API_URL
 
-    from benchmarks._report import machine, write_section
+    from benchmarks._report import Results, machine
     from components.config import load_config
     from flows.training import training_flow  # noqa: F401
     t_imports = time.perf_counter() - t0
@@ -444,7 +365,7 @@ def main() -> None:
         f"{p['load']:.1f} / {d['load']:.1f} |"
         for i, (p, d) in enumerate(zip(P, D)))
     stage_rows = []
-    for s in STAGES:
+    for s in clock_names():
         dm, pm = _med([r["stages"].get(s, 0.0) for r in D]), _med([r["stages"].get(s, 0.0) for r in P])
         stage_rows.append((s, dm, pm))
 
@@ -471,8 +392,6 @@ def main() -> None:
                    f"With a running server (`make up`, a team server) only the per-run figure applies.")
     warm_line = (f"Warm-up runs (max_steps=2, first of each variant in the process, not in the medians): direct "
                  f"{warmup['direct']:.1f} s, then Prefect {warmup['prefect']:.1f} s. Imports took {t_imports:.1f} s.")
-    result = f"RESULT overhead_pct={pct:.1f}"
-
     print("\nper-run seconds (A/B interleaved):")
     print("run  prefect  direct   train loop P/D   CPU prefect(+server)  CPU direct")
     for i, (p, d) in enumerate(zip(P, D)):
@@ -490,8 +409,10 @@ def main() -> None:
         print(one_off.replace("**", ""))
     print(warm_line)
 
+    results = Results("Orchestration overhead")
+    results.add(f"RESULT overhead_pct={pct:.1f}")
     if not args.no_write:
-        write_section("Orchestration overhead", f"""
+        results.write(f"""
 `benchmarks/overhead.py --repeats {args.repeats}{f" --max-steps {args.max_steps}" if args.max_steps else ""}` on {machine()}. Medians of A/B-interleaved runs; the load average before each run is in the table (above 2, other
 processes competed for the 2 cores).
 
@@ -523,12 +444,7 @@ Target: at most 10% per run. Median seconds per stage (Prefect: the task run's t
 {one_off}
 
 {warm_line}
-
-```
-{result}
-```
 """)
-    print(result)
 
 
 if __name__ == "__main__":

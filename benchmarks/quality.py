@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._report import machine, write_section  # noqa: E402
+from benchmarks._report import Results, machine  # noqa: E402
 from benchmarks.train_throughput import DATA, load_dataset  # noqa: E402
 
 # Per dataset: max_length (SMS texts are short; BBC articles are long, median ~420 tokens), epochs, learning
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
-    rows, results = [], []
+    rows, results = [], Results("Quality")
     for name in args.datasets.split(","):
         r = run(name, args.data_dir, args.threads)
         rows.append(f"| {name} | {r['rows']} | {r['max_length']} | {r['learning_rate']:g} | "
@@ -122,10 +122,8 @@ def main() -> None:
                     f"{r['test_macro_f1']:.4f} | {r['train_minutes']:.1f} | {r['cpu_minutes']:.1f} | {r['samples_per_second']:.1f} | "
                     f"{r['health']} | {r['load']:.2f} | {r['baseline_full']:.4f} / {r['baseline_cut']:.4f} "
                     f"({r['seen_words']} words) | {TARGETS[name]} |")
-        result = (f"RESULT dataset={name} test_acc={r['test_acc']:.4f} test_macro_f1={r['test_macro_f1']:.4f} "
-                  f"train_minutes={r['train_minutes']:.2f}")
-        results.append(result)
-        print(result, flush=True)
+        results.add(f"RESULT dataset={name} test_acc={r['test_acc']:.4f} test_macro_f1={r['test_macro_f1']:.4f} "
+                    f"train_minutes={r['train_minutes']:.2f}")
     if not args.no_write:
         body = (f"Machine: {machine()} (`nproc` = {os.cpu_count()}), torch threads {torch.get_num_threads()}, "
                 f"transformers {transformers.__version__}. Shared machine: the load average column is the "
@@ -140,9 +138,8 @@ def main() -> None:
                 "| dataset | rows train/val/test | max_length | peak learning rate | epochs run | precision | test accuracy | test macro-F1 "
                 "| train minutes (wall) | train CPU minutes | samples/s | health warnings | load avg "
                 "| TF-IDF + LinearSVC, same split: full text / first N words | target |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
-                + "\n\n```\n" + "\n".join(results) + "\n```\n")
-        print("wrote", write_section("Quality", body), file=sys.stderr)
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+        results.write(body)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._report import machine, write_section  # noqa: E402
+from benchmarks._report import Results, machine  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 BATCH_SIZE = 16
@@ -151,7 +151,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_path = resolve_model_path("default")
-    rows, results, sizes = [], [], []
+    rows, results, sizes = [], Results("Training throughput"), []
     for name in args.datasets.split(","):
         n_train, n_test = (max(20, int(n * args.scale)) for n in SUBSETS[name][:2])
         epochs = args.epochs or SUBSETS[name][2]
@@ -177,10 +177,8 @@ def main() -> None:
                         f"{r['samples_per_cpu_second'] / tutorial['samples_per_cpu_second']:.2f}x | "
                         f"{r['train_seconds']:.0f} | {r['accuracy']:.4f} | {r['load']:.2f} |")
         speedup = auto["samples_per_second"] / tutorial["samples_per_second"]
-        result = (f"RESULT dataset={name} speedup={speedup:.2f} tutorial_acc={tutorial['accuracy']:.4f} "
-                  f"fineship_acc={auto['accuracy']:.4f}")
-        results.append(result)
-        print(result, flush=True)
+        results.add(f"RESULT dataset={name} speedup={speedup:.2f} tutorial_acc={tutorial['accuracy']:.4f} "
+                    f"fineship_acc={auto['accuracy']:.4f}")
     if not args.no_write:
         command = (f".venv/bin/python benchmarks/train_throughput.py --datasets {args.datasets}"
                    + (f" --epochs {args.epochs}" if args.epochs else "")
@@ -200,8 +198,8 @@ def main() -> None:
                 f"processes' load inflates far less.\n\n"
                 "| dataset | run | train samples/s | vs tutorial | samples per CPU-s | vs tutorial | train s "
                 "| test accuracy | load avg |\n|---|---|---|---|---|---|---|---|---|\n"
-                + "\n".join(rows) + "\n\n```\n" + "\n".join(results) + "\n```\n")
-        print("wrote", write_section("Training throughput", body), file=sys.stderr)
+                + "\n".join(rows))
+        results.write(body)
 
 
 if __name__ == "__main__":

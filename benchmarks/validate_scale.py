@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import machine, write_section  # noqa: E402
+from benchmarks._report import Results, machine  # noqa: E402
 from components.data.profile import build_profile  # noqa: E402
 from components.data.split import split_frame  # noqa: E402
 from components.data.validation import ValidationPolicy, validate_frame  # noqa: E402
@@ -66,9 +66,10 @@ def main() -> None:
     print(f"validate {t_validate:.1f}s, profile {t_profile:.1f}s, split {t_split:.1f}s; "
           f"split sizes {splits.manifest.sizes}, leakage {splits.manifest.leakage}, "
           f"{splits.manifest.duplicate_groups} duplicate groups; warnings: {[r.rule for r in report.warnings]}")
-    result = f"RESULT rows={len(df)} seconds={seconds:.1f} peak_mib={peak_mib:.0f}"
+    results = Results("Validation and split at scale")
+    results.add(f"RESULT rows={len(df)} seconds={seconds:.1f} peak_mib={peak_mib:.0f}")
     if not args.no_write:
-        write_section("Validation and split at scale", f"""
+        results.write(f"""
 `benchmarks/validate_scale.py --rows {args.rows}` on {machine()}.
 
 | rows | validate (GX suite) | profile | split (exact + MinHash near-duplicates) | total | peak RSS (whole process) |
@@ -77,12 +78,7 @@ def main() -> None:
 
 Target: 1,000,000 rows in at most 60 s and 4 GiB. Split leakage {splits.manifest.leakage}; \
 {splits.manifest.duplicate_groups} duplicate groups kept inside one split.
-
-```
-{result}
-```
 """)
-    print(result)
 
 
 if __name__ == "__main__":
