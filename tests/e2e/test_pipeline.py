@@ -26,8 +26,10 @@ def _registry(home):
     return MlflowRegistry(Settings().mlflow_tracking_uri)
 
 
-def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_home, tiny_bert):
+def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_home, tiny_bert, reviewers):
     from components.package import load_package
+    from flows.settings import Settings
+    from tests.support.reviewers import approve_as
     from flows.deployment import DeployRequest, deployment_flow
     from flows.training import training_flow
 
@@ -51,7 +53,8 @@ def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_h
     assert {i.tags[0].value for i in inputs} == {"train", "validation", "test"}
     assert all(i.dataset.digest.startswith(outcome.split_digest) for i in inputs)
 
-    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="challenger", port=0))
+    approve_as(registry, "e2e-news", "1", reviewers.signer("ana"), Settings().review_policy())  # a trusted reviewer
+    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0))
     assert record.model_version == "1"
     texts = ["The striker scored twice in the cup final.", "Shares fell after the profit warning."]
     r = httpx.post(f"{record.url}/invocations", json={"inputs": texts}, timeout=30)

@@ -90,6 +90,7 @@ def test_swapped_labels_stop_before_training_and_a_healthy_retrain_still_wins(
     assert "## Behavioural checks" in description
 
 
+@pytest.mark.slow  # two trainings (~40 s on 2 cores): run by .ci/run (RUN_SLOW=1)
 def test_with_the_consistency_rule_off_the_reference_set_still_rejects_a_poisoned_candidate(
         prefect_harness, fineship_home, tiny_bert, tmp_path, sample_df, monkeypatch):
     from flows.training import training_flow

@@ -25,7 +25,8 @@ from tests.integration.test_try_it_page import CHROMIUM, chromium_page
 from tests.support.stack import STACK_VARS, running_stack
 from tests.support.tiny import REPO
 
-pytestmark = pytest.mark.e2e
+# A stack of its own with --auth (~50 s on 2 cores): run by .ci/run (RUN_SLOW=1), not by a bare `make test`.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SCREENSHOTS = REPO / "tests" / "_screenshots"
 FINESHIP = Path(sys.executable).parent / "fineship"
 
@@ -34,12 +35,19 @@ def _basic(credential: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(credential.encode()).decode()}
 
 
+class _Redacted(dict):
+    """The generated credentials; shown as redacted if a failing test prints its fixtures."""
+
+    def __repr__(self) -> str:
+        return "<credentials: redacted>"
+
+
 @pytest.fixture(scope="module")
 def auth_stack(tmp_path_factory):
     """The stack with --auth and no FINESHIP_STACK_* set: it generates its credentials."""
     home = tmp_path_factory.mktemp("auth-stack-home")
     with running_stack(home, deployments=False, auth=True) as state:
-        creds = json.loads((home / "stack" / "credentials.json").read_text())
+        creds = _Redacted(json.loads((home / "stack" / "credentials.json").read_text()))
         yield state, home, creds
 
 
@@ -90,7 +98,8 @@ def test_mlflow_refuses_requests_without_the_admin_password(auth_stack):
     from mlflow import MlflowClient
 
     # MLflow clients get the credentials from the environment stack_env() gives them, as the worker does.
-    assert [e.name for e in MlflowClient(state.mlflow_url).search_experiments()] == ["Default"]
+    client = MlflowClient(tracking_uri=state.mlflow_url, registry_uri=state.mlflow_url)
+    assert [e.name for e in client.search_experiments()] == ["Default"]
 
 
 def test_prefect_refuses_requests_without_the_auth_string(auth_stack):
@@ -120,7 +129,7 @@ def test_the_cli_reads_the_credentials_from_the_stack(auth_stack):
     from mlflow import MlflowClient
 
     state, home, _ = auth_stack
-    client = MlflowClient(state.mlflow_url)
+    client = MlflowClient(tracking_uri=state.mlflow_url, registry_uri=state.mlflow_url)
     client.create_registered_model("auth-cli")
     run = client.create_run("0")
     client.create_model_version("auth-cli", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)

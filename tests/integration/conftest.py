@@ -57,3 +57,25 @@ def moto_reset(moto_endpoint: str) -> str:
     """`moto_endpoint`, emptied (`POST /moto-api/reset`) before this test runs; returns the URL."""
     reset_moto(moto_endpoint)
     return moto_endpoint
+
+
+# The SageMaker deployment tests' shared fixtures (one set of tiny packages for every module that deploys).
+@pytest.fixture(scope="session")
+def aws(moto_endpoint: str):
+    from tests.support.sagemaker_deploy import make_aws
+
+    return make_aws(moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def texts(sample_df) -> list[str]:
+    from tests.support.sagemaker_deploy import held_out_texts
+
+    return held_out_texts(sample_df)
+
+
+@pytest.fixture(scope="session")
+def packages(tiny_bert, tmp_path_factory, texts):
+    from tests.support.sagemaker_deploy import build_packages
+
+    return build_packages(tiny_bert, tmp_path_factory.mktemp("packages"), texts)

@@ -27,10 +27,7 @@ from tests.support.sagemaker_deploy import (
     FAST,
     REGION,
     PreflightCounter,
-    build_packages,
-    held_out_texts,
     locks_held,
-    make_aws,
     moto_api,
     moto_state,
     put_alarms,
@@ -46,26 +43,11 @@ FAULT_MODEL = "sm-faults"
 FAULTS_EP = "faults-ep"
 
 
-@pytest.fixture(scope="module")
-def aws(moto_endpoint: str):
-    return make_aws(moto_endpoint)
-
-
 @pytest.fixture
 def preflight_calls(monkeypatch) -> PreflightCounter:
     counter = PreflightCounter()
     monkeypatch.setattr(checks, "preflight", counter)
     return counter
-
-
-@pytest.fixture(scope="module")
-def texts(sample_df) -> list[str]:
-    return held_out_texts(sample_df)
-
-
-@pytest.fixture(scope="module")
-def packages(tiny_bert, tmp_path_factory, texts):
-    return build_packages(tiny_bert, tmp_path_factory.mktemp("packages"), texts)
 
 
 _alarms = put_alarms

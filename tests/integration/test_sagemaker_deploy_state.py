@@ -53,12 +53,9 @@ from tests.support.sagemaker_deploy import (
     FAST,
     REGION,
     TRANSITION,
-    build_packages,
-    held_out_texts,
     inventory,
     invoke,
     locks_held,
-    make_aws,
     moto_api,
     new_clients,
     put_alarms,
@@ -70,21 +67,6 @@ from tests.support.tiny import REPO
 LOST_EP, LOST_MODEL = "lost-ep", "sm-lost"
 CRASH_EP, CRASH_MODEL = "crash-ep", "sm-crash"
 LOCK_EP, LOCK_MODEL = "lock-ep", "sm-lock"
-
-
-@pytest.fixture(scope="module")
-def aws(moto_endpoint: str):
-    return make_aws(moto_endpoint)
-
-
-@pytest.fixture(scope="module")
-def texts(sample_df) -> list[str]:
-    return held_out_texts(sample_df)
-
-
-@pytest.fixture(scope="module")
-def packages(tiny_bert, tmp_path_factory, texts):
-    return build_packages(tiny_bert, tmp_path_factory.mktemp("packages"), texts)
 
 
 def _deploy(aws, endpoint: str, model: str, version: str, package, expected, work, clients=None, **options):
