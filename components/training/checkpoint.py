@@ -219,13 +219,18 @@ def run_checkpoint_dir(root: str | Path, cfg: TrainingConfig, labels: list[str],
     """
     settings = cfg.model_dump(mode="json", exclude=_PLACEMENT_FIELDS)
     config = hashlib.sha256(json.dumps({"training": settings, "labels": labels}, sort_keys=True).encode())
-    content = hashlib.sha256()
-    for part in data:
+    return Path(root) / f"{config.hexdigest()[:12]}-{data_digest(*data)[:12]}"
+
+
+def data_digest(*parts: Sequence[Any]) -> str:
+    """SHA-256 (hex) of sequences of items, item and sequence boundaries included: the identity of exact data."""
+    h = hashlib.sha256()
+    for part in parts:
         for item in part:
-            content.update(str(item).encode())
-            content.update(b"\x1f")
-        content.update(b"\x1e")
-    return Path(root) / f"{config.hexdigest()[:12]}-{content.hexdigest()[:12]}"
+            h.update(str(item).encode())
+            h.update(b"\x1f")
+        h.update(b"\x1e")
+    return h.hexdigest()
 
 
 def prune_run_dirs(root: str | Path, keep: int, current: str | Path | None = None) -> list[Path]:

@@ -12,7 +12,6 @@ CUDA) and only rank 0 logs and saves.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from components.package import PackageMeta, preprocess, resolve_device, save_pac
 from components.training.batching import collate, count_batches, epoch_batches, length_grouped_batches  # noqa: F401
 from components.training.checkpoint import (
     clean_temporary,
+    data_digest,
     load_latest_checkpoint,
     optimizer_from_parts,
     save_checkpoint,
@@ -142,16 +142,6 @@ def configure_threads(cfg: TrainingConfig, ctx: DistContext) -> int:
 _TRAJECTORY_FIELDS = ("model", "max_length", "batch_size", "gradient_accumulation_steps", "learning_rate",
                       "weight_decay", "warmup_ratio", "epochs", "max_steps", "max_grad_norm", "eval_every_steps",
                       "early_stopping_patience", "seed", "precision")
-
-
-def _data_digest(*parts: Sequence[Any]) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        for item in part:
-            h.update(str(item).encode())
-            h.update(b"\x1f")
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -355,7 +345,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     fingerprint = {**{k: getattr(cfg, k) for k in _TRAJECTORY_FIELDS}, "precision": precision,  # as resolved
-                   "labels": labels, "data": _data_digest(train_texts, train_labels, val_texts, val_labels)}
+                   "labels": labels, "data": data_digest(train_texts, train_labels, val_texts, val_labels)[:16]}
     order_rng = random.Random(cfg.seed)
     loop, best_state, resumed_from, resumed_done = _Loop(order_rng=_rng_json(order_rng)), None, None, False
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
