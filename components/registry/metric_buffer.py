@@ -26,6 +26,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from components.errors import RegistryError
+from components.retry import is_transient
+
+__all__ = ["MetricBuffer", "MetricsUndelivered", "OutageSettings", "backoff", "is_transient", "with_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +57,6 @@ class MetricSink(Protocol):
 
     def log_metric_batch(self, run_id: str, metrics: Sequence[tuple[str, float, int, int]] = (),
                          tags: Mapping[str, str] | None = None) -> None: ...
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures a retry can cure: MLflow unreachable, timing out or overloaded (5xx, 429)."""
-    status = getattr(exc, "get_http_status_code", None)  # MlflowException: connection errors arrive as 500
-    if callable(status):
-        try:
-            code = int(status())
-        except (TypeError, ValueError):
-            return False
-        return code >= 500 or code == 429
-    import requests
-
-    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                            TimeoutError))
 
 
 def backoff(initial: float = 1.0, maximum: float = 30.0) -> Iterator[float]:
