@@ -38,16 +38,21 @@ _RETRIED: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_co
                                 cache_policy=NO_CACHE)
 
 
-class ChampionEvidence(BaseModel):
-    """What is known of the champion before training: its package, its recorded test report, its reference set."""
+class ChampionRecord(BaseModel):
+    """What the champion's training run stored: its test report and its frozen reference set (or why it has none)."""
 
     model_config = ConfigDict(frozen=True)
 
-    version: str
-    package_dir: str
     recorded: EvaluationReport | None = None
     reference: ReferenceSet | None = None
     reference_missing: str | None = None
+
+
+class ChampionEvidence(ChampionRecord):
+    """What is known of the champion before training: its package, its recorded test report, its reference set."""
+
+    version: str
+    package_dir: str
 
     @property
     def name(self) -> str:
@@ -103,24 +108,24 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
 
 
 @task(name="load-champion-record", timeout_seconds=300, **_RETRIED)
-def load_champion_record(registry: MlflowRegistry, version: RegisteredVersion
-                         ) -> tuple[EvaluationReport | None, ReferenceSet | None, str | None]:
+def load_champion_record(registry: MlflowRegistry, version: RegisteredVersion) -> ChampionRecord:
     """The champion's report on its own test split and its frozen reference set (with why, when it has none)."""
     name = f"champion v{version.version}"
     if not version.run_id:
-        return None, None, f"{name} has no training run, so no frozen reference set"
+        return ChampionRecord(reference_missing=f"{name} has no training run, so no frozen reference set")
     stored = registry.load_run_json(version.run_id, RECORDED_REPORT)
     recorded = EvaluationReport.model_validate(stored) if stored else None
     # Listing first: a missing file is an answer, whatever the artifact store (a missing S3 key raises its own error).
     stored_files = {f.path for f in registry.client.list_artifacts(version.run_id, str(Path(REFERENCE_ARTIFACT).parent))}
     if REFERENCE_ARTIFACT not in stored_files:
-        return recorded, None, f"{name} has no frozen reference set (registered before reference sets were stored)"
+        return ChampionRecord(recorded=recorded, reference_missing=(
+            f"{name} has no frozen reference set (registered before reference sets were stored)"))
     with tempfile.TemporaryDirectory() as tmp:
         reference = read_reference_set(registry.client.download_artifacts(version.run_id, REFERENCE_ARTIFACT, tmp),
                                        source=f"{name}, MLflow run {version.run_id}: {REFERENCE_ARTIFACT}")
     get_run_logger().info("%s: recorded report %s, reference set of %d rows", name,
                           "found" if recorded else "missing", reference.rows)
-    return recorded, reference, None
+    return ChampionRecord(recorded=recorded, reference=reference)
 
 
 def gather_gate_evidence(registry: MlflowRegistry, champion: RegisteredVersion | None, policy: GateConfig,
@@ -131,10 +136,9 @@ def gather_gate_evidence(registry: MlflowRegistry, champion: RegisteredVersion |
     if champion is None:
         return GateEvidence(behaviour=suite)
     package = download_version(registry, champion.name, champion.version, dst)
-    recorded, reference, missing = load_champion_record(registry, champion)
+    record = load_champion_record(registry, champion)
     return GateEvidence(behaviour=suite, champion=ChampionEvidence(
-        version=champion.version, package_dir=package.package_dir, recorded=recorded, reference=reference,
-        reference_missing=missing))
+        version=champion.version, package_dir=package.package_dir, **dict(record)))
 
 
 @task(name="label-consistency", timeout_seconds=1800, cache_policy=NO_CACHE)

@@ -172,12 +172,14 @@ def test_an_older_champion_without_a_reference_set_is_named():
     recorded = compute_report(["sport", "tech"], ["sport", "tech"], LABELS, "m")
     registry = _FakeRegistry({RECORDED_REPORT: recorded.model_dump_json(), "data/profile.json": "{}"})
     with disable_run_logger():
-        report, reference, missing = load_champion_record.fn(registry, _version())
-        assert report == recorded and reference is None
-        assert missing == "champion v4 has no frozen reference set (registered before reference sets were stored)"
-        assert load_champion_record.fn(registry, _version(run_id=None))[2] == (
+        record = load_champion_record.fn(registry, _version())
+        assert record.recorded == recorded and record.reference is None
+        assert record.reference_missing == (
+            "champion v4 has no frozen reference set (registered before reference sets were stored)")
+        assert load_champion_record.fn(registry, _version(run_id=None)).reference_missing == (
             "champion v4 has no training run, so no frozen reference set")
         registry.files["data/reference_test.jsonl"] = '{"text": "Goal!", "label": "sport"}\n'
-        _, reference, missing = load_champion_record.fn(registry, _version())
-    assert missing is None and reference.texts == ["Goal!"]
+        record = load_champion_record.fn(registry, _version())
+    reference = record.reference
+    assert record.reference_missing is None and reference.texts == ["Goal!"]
     assert reference.source == "champion v4, MLflow run r1: data/reference_test.jsonl"
