@@ -272,6 +272,8 @@ def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, 
                                           f"{restore_err}", step, left_behind=[f"port {port} is down"]) from err
         kept = [f"{blue.model_name} v{blue.model_version} still serves at {blue.url}"] if live else []
         raise DeploymentStepError(failure + (f"; {kept[0]}" if kept else ""), step, kept) from err
+    if blue is not None and not live and is_running(blue):  # the endpoint moved to another address: the old
+        terminate_group(blue.pid)                              # process is not left running without a record
     record = green.model_copy(update={"url": f"http://{target.host}:{port}", "port": port})
     _record_path(state, target.endpoint_name).write_text(record.model_dump_json(indent=2))
     _prune_packages(state / target.endpoint_name, keep={record.package_dir, blue.package_dir if blue else ""})

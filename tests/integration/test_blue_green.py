@@ -73,6 +73,17 @@ def test_redeploy_takes_over_the_port_without_dropping_a_request(endpoint, tiny_
     assert [p["label"] for p in invoke(v1.url, TEXTS)] == expected
 
 
+def test_a_redeploy_to_another_port_stops_the_old_process(endpoint, tiny_package, tmp_path):
+    from components.procs import free_port, pid_alive
+
+    target, v1, expected = endpoint
+    moved = target.model_copy(update={"port": free_port()})
+    v2, _ = deploy_local(moved, _copy(tiny_package, tmp_path / "endpoints" / "bg" / "v2"), "bg-news", "2", TEXTS,
+                         expected)
+    assert v2.port == moved.port != v1.port and not pid_alive(v1.pid)  # no process left running without a record
+    assert [p["label"] for p in invoke(v2.url, TEXTS)] == expected
+
+
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(endpoint, tiny_package, tmp_path):
     target, v1, expected = endpoint
     broken = _copy(tiny_package, tmp_path / "endpoints" / "bg" / "broken")
