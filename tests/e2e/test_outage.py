@@ -119,15 +119,33 @@ def outage_home(tmp_path, monkeypatch, mlflow_server):
 
 class Saboteur(threading.Thread):
     """Kills the MLflow server once the run's first training-loss value has arrived; with `restart`, starts it
-    again after training has moved on by 10 more steps (or ended)."""
+    again after training has moved on by 10 more steps (or ended).
+
+    `hold_training` makes the kill land while the model trains on any machine: the trainer's metrics callback
+    waits, after the first loss it reports, until the server is dead (the tiny model can otherwise finish its 60
+    steps between two polls here; CI once saw the kill land during evaluation instead). Nothing is mocked: the
+    callback still feeds the real buffer, which still sends to the real server."""
 
     def __init__(self, server: MlflowServer, home: Path, restart: bool) -> None:
         super().__init__(daemon=True)
         self.server, self.home, self.restart = server, home, restart
         self.run_id: str | None = None
         self.killed_at: float | None = None
+        self.killed = threading.Event()
         self.package_at_kill = True
         self.error: BaseException | None = None
+
+    def hold_training(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from components.registry.metric_buffer import MetricBuffer
+
+        report = MetricBuffer.__call__
+
+        def paced(buffer: MetricBuffer, metrics, step: int) -> None:
+            report(buffer, metrics, step)
+            if "train_loss" in metrics and not self.killed.wait(timeout=300):
+                raise AssertionError("the saboteur did not kill MLflow within 300 s of the first loss")
+
+        monkeypatch.setattr(MetricBuffer, "__call__", paced)
 
     def run(self) -> None:
         try:
@@ -150,6 +168,7 @@ class Saboteur(threading.Thread):
                     self.package_at_kill = self._trained()
                     self.server.kill()
                     self.killed_at = time.monotonic()
+                    self.killed.set()
         if not self.restart:
             return
         steps = self._checkpoint_step()
@@ -184,6 +203,7 @@ def test_mlflow_restarted_during_training_every_metric_arrives(prefect_harness, 
 
     monkeypatch.setenv("FINESHIP_MLFLOW_OUTAGE_WAIT_SECONDS", "240")  # the restart may land after training
     saboteur = Saboteur(mlflow_server, outage_home, restart=True)
+    saboteur.hold_training(monkeypatch)
     saboteur.start()
     with pytest.raises(GateRejected):  # a floor no model reaches: the run ends FINISHED without registering
         training_flow(_config(tiny_bert, **RUN, **{"gate.min_accuracy": 1.0}))
@@ -213,6 +233,7 @@ def test_mlflow_still_down_after_training_fails_cleanly_and_the_rerun_resumes(pr
     monkeypatch.setenv("FINESHIP_MLFLOW_OUTAGE_WAIT_SECONDS", "3")
     config = _config(tiny_bert, **RUN)
     saboteur = Saboteur(mlflow_server, outage_home, restart=False)
+    saboteur.hold_training(monkeypatch)
     saboteur.start()
     with pytest.raises(MetricsUndelivered, match=f"resumes from step {STEPS} instead of training again"):
         training_flow(config)
