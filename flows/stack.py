@@ -4,6 +4,9 @@ server, all on 127.0.0.1, with PID files, logs and health checks under `<home>/s
 `up` is idempotent: what already runs is reported, not started twice. `down` stops the worker
 before the servers. While the stack runs, other `fineship` commands use it automatically.
 
+`up --db postgres` keeps both servers' data in PostgreSQL instead of SQLite: a private cluster that fineship runs,
+or the server that `FINESHIP_STACK_DB` names (see flows/stack_db.py).
+
 `up --auth` requires logins: MLflow runs its basic-auth app (one admin user) and the Prefect server an
 API auth string. The credentials come from `FINESHIP_STACK_*` (see `StackAuthSettings`) or are generated
 once; either way they are kept only in `<home>/stack/credentials.json` (mode 0600), from which the worker
@@ -26,8 +29,11 @@ import typer
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from components.postgres import PostgresError
 from components.procs import pid_alive, terminate_group
+from flows import stack_db
 from flows.settings import Settings
+from flows.stack_db import DbKind, StackDb
 
 stack_app = typer.Typer(help="Run the local Prefect + MLflow stack (all on 127.0.0.1).", no_args_is_help=True)
 POOL = "fineship-local"
@@ -48,6 +54,7 @@ class StackState(BaseModel):
     services: list[Service]
     auth: bool = False
     credentials_file: str | None = Field(None, description="Where the --auth credentials are (never the values).")
+    db: StackDb = Field(default_factory=StackDb, description="Where the servers keep their data.")
 
 
 class StackAuthSettings(BaseSettings):
@@ -245,13 +252,22 @@ def _start_worker(env: dict[str, str]) -> Service:
     return Service(name="worker", pid=proc.pid, log=str(log))
 
 
-def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = True, auth: bool = False) -> StackState:
-    """Start what is not running yet; return the stack's state. `auth` requires logins on both servers."""
+def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = True, auth: bool = False,
+       db: DbKind | None = None) -> StackState:
+    """Start what is not running yet; return the stack's state. `auth` requires logins on both servers; `db` (or
+    FINESHIP_STACK_DB) chooses where the servers keep their data (default SQLite)."""
+    try:
+        choice = stack_db.choose(db)
+    except PostgresError as err:
+        raise typer.BadParameter(str(err)) from None
     state = read_state()
     if state and all(pid_alive(s.pid) for s in state.services) and _healthy(f"{state.prefect_api_url}/health") \
             and _healthy(f"{state.mlflow_url}/health"):
         if auth and not state.auth:  # never leave a stack open that was asked to require logins
             raise typer.BadParameter("the stack already runs without --auth; stop it first with: fineship stack down")
+        if choice is not None and not state.db.matches(choice):
+            raise typer.BadParameter(f"the stack already runs on {state.db.describe()}; stop it first with: "
+                                     "fineship stack down")
         typer.echo("stack already running:")
         return state
     if state:
@@ -270,10 +286,14 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = Tr
            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem", "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
     # No child needs the raw FINESHIP_STACK_* secrets: the servers get their own variables below.
-    for name in ("FINESHIP_STACK_ADMIN_PASSWORD", "FINESHIP_STACK_PREFECT_AUTH"):
+    for name in ("FINESHIP_STACK_ADMIN_PASSWORD", "FINESHIP_STACK_PREFECT_AUTH", "FINESHIP_STACK_DB"):
         env.pop(name, None)
     creds = resolve_credentials(home) if auth else None
     prefect_auth, mlflow_auth, mlflow_app = _server_auth(home, creds)
+    try:
+        backends = stack_db.prepare(home, choice)  # the database first: a bad one fails before any server starts
+    except PostgresError as err:
+        raise typer.BadParameter(str(err)) from None
     bin_dir = Path(sys.executable).parent
     api = f"http://127.0.0.1:{prefect_port}/api"
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
@@ -281,15 +301,18 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = Tr
     # port 4200).
     prefect_proc, prefect_log = _spawn("prefect-server", [
         str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-        {**env, "PREFECT_UI_API_URL": api, **prefect_auth})
+        {**env, "PREFECT_UI_API_URL": api, **prefect_auth, **backends.server_env, **backends.prefect_env})
     mlflow_proc, mlflow_log = _spawn("mlflow-server", [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow-server.db'}",
+        "--backend-store-uri", backends.mlflow_store,  # never with a password: PGPASSFILE has it
         "--artifacts-destination", str(home / "mlflow-artifacts"), "--workers", "1", *mlflow_app],
-        {**env, **mlflow_auth})
+        {**env, **mlflow_auth, **backends.server_env})
     services = [Service(name="prefect-server", pid=prefect_proc.pid, url=api.removesuffix("/api"),
                         log=str(prefect_log)),
                 Service(name="mlflow-server", pid=mlflow_proc.pid, url=mlflow_url, log=str(mlflow_log))]
+    if backends.cluster_pid is not None:
+        services.append(Service(name="postgres", pid=backends.cluster_pid, url=f"postgresql://{backends.db.server}",
+                                log=backends.cluster_log))
     try:
         _wait(f"{api}/health", prefect_proc, prefect_log, "the Prefect server")
         _wait(f"{mlflow_url}/health", mlflow_proc, mlflow_log, "the MLflow server")
@@ -298,12 +321,14 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = Tr
             save_credentials(home, creds)  # only now: a refused password must not replace the one that works
         state = StackState(prefect_api_url=api, prefect_ui_url=api.removesuffix("/api"), mlflow_url=mlflow_url,
                            services=services, auth=auth,
-                           credentials_file=str(_credentials_file(home)) if auth else None)
+                           credentials_file=str(_credentials_file(home)) if auth else None, db=backends.db)
         worker_env = {**env, **stack_env(state), "FINESHIP_HOME": str(home)}
         services.append(_start_worker(worker_env))
     except BaseException:  # a failed start or Ctrl-C: leave nothing half-started behind, then re-raise
         for service in services:
-            terminate_group(service.pid, grace=10)
+            if service.name != "postgres":
+                terminate_group(service.pid, grace=10)
+        stack_db.stop(home)  # the database last, after the servers that use it
         raise
     state = state.model_copy(update={"services": services})
     (_dir() / "stack.json").write_text(state.model_dump_json(indent=2))
@@ -334,12 +359,14 @@ def down(quiet: bool = False) -> list[str]:
         if stop_endpoint(endpoints, record.endpoint_name, forget=False):
             stopped.append(f"endpoint {record.endpoint_name}")
     if state is not None:
-        order = sorted(state.services, key=lambda s: 0 if s.name == "worker" else 1)
+        order = sorted((s for s in state.services if s.name != "postgres"), key=lambda s: s.name != "worker")
         for s in order:
             if pid_alive(s.pid):
                 terminate_group(s.pid, grace=20)
                 stopped.append(s.name)
         (d / "stack.json").unlink(missing_ok=True)
+    if stack_db.stop(Settings().home_dir):  # the private cluster, after the servers (also one a failed `up` left)
+        stopped.append("postgres")
     for pid_file in d.glob("*.pid") if d.is_dir() else []:
         pid_file.unlink(missing_ok=True)
     if not quiet:
@@ -352,6 +379,7 @@ def _print(state: StackState) -> None:
         health = "running" if pid_alive(s.pid) else "DEAD"
         typer.echo(f"  {s.name:15s} pid {s.pid:<7d} {health:8s} {s.url or ''}  (log: {s.log})")
     typer.echo(f"\n  Prefect UI: {state.prefect_ui_url}\n  MLflow UI:  {state.mlflow_url}")
+    typer.echo(f"  database:   {state.db.describe()}")
     if state.auth:
         typer.echo(f"  auth:       on: MLflow basic-auth and a Prefect API auth string; credentials in "
                    f"{state.credentials_file} (mode 0600)")
@@ -368,9 +396,14 @@ def up_cmd(prefect_port: int = typer.Option(4200, "--prefect-port"),
            auth: bool = typer.Option(False, "--auth", help="Require logins: MLflow basic auth and a Prefect API auth "
                                      "string, from FINESHIP_STACK_ADMIN_USER / FINESHIP_STACK_ADMIN_PASSWORD / "
                                      "FINESHIP_STACK_PREFECT_AUTH or generated; kept in <home>/stack/credentials.json "
-                                     "(0600).")) -> None:
+                                     "(0600)."),
+           db: DbKind | None = typer.Option(None, "--db", case_sensitive=False, show_default=False,
+                                            help="Where both servers keep their data: sqlite (default) or postgres "
+                                            "(a private PostgreSQL cluster in <home>/stack/postgres, or the server "
+                                            "whose URL FINESHIP_STACK_DB holds). FINESHIP_STACK_DB may also be "
+                                            "sqlite or postgres.")) -> None:
     """Start the Prefect server, the work pool and its worker, and the MLflow server."""
-    state = up(prefect_port, mlflow_port, deployments, auth)
+    state = up(prefect_port, mlflow_port, deployments, auth, db)
     _print(state)
 
 

@@ -1,17 +1,23 @@
 """The team's working surfaces, for real: `fineship stack up` (Prefect server + process pool + worker + MLflow
 server on free loopback ports), the deployments of prefect.yaml, runs triggered through the API as the UI
-does, and the UIs themselves in headless Chromium."""
+does, and the UIs themselves in headless Chromium.
+
+The stack runs twice: on SQLite, and on a private PostgreSQL cluster (`--db postgres`; skipped, saying why,
+where PostgreSQL is not installed). The browser test runs on SQLite only."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-from tests.support.stack import running_stack
+from tests.support.stack import postgres_home, running_stack
 from tests.support.tiny import REPO, SAMPLE
 
 pytestmark = pytest.mark.e2e
@@ -19,16 +25,32 @@ SCREENSHOTS = REPO / "tests" / "_screenshots"
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request, tmp_path_factory):
     from tests.support.reviewers import Reviewers
 
-    home = tmp_path_factory.mktemp("stack-home")
+    db = request.param
+    home = postgres_home() if db == "postgres" else tmp_path_factory.mktemp("stack-home")
     reviewers = Reviewers(home / "reviewers")
     operator = {"FINESHIP_AUTO_PROMOTE": "true",
                 "FINESHIP_TRUSTED_REVIEWERS": reviewers.env()["FINESHIP_TRUSTED_REVIEWERS"]}
-    with running_stack(home, deployments=True, operator_env=operator) as state:
-        yield state, home, reviewers
+    try:
+        with running_stack(home, deployments=True, operator_env=operator, db=db) as state:
+            assert state.db.kind == db
+            yield state, home, reviewers
+    finally:
+        if db == "postgres":
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _query(state, database: str, sql: str) -> list[tuple]:
+    """Rows of `sql` in `database` of the stack's PostgreSQL, read with the password file the servers use."""
+    import psycopg
+
+    host, _, port = state.db.server.partition("@")[2].rpartition(":")
+    with psycopg.connect(host=host, port=int(port), user="fineship", dbname=database,
+                         passfile=state.db.passfile, connect_timeout=10) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
@@ -90,6 +112,13 @@ def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
                         timeout=30)
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in LABELS
 
+    if state.db.kind == "postgres":  # the registry and the runs live in PostgreSQL, and nothing in SQLite
+        assert ("stack-news",) in _query(state, "mlflow", "SELECT name FROM registered_models")
+        runs = _query(state, "prefect", "SELECT d.name, fr.state_type::text FROM flow_run fr "
+                                        "JOIN deployment d ON d.id = fr.deployment_id")
+        assert {("retrain", "COMPLETED"), ("deploy-model", "COMPLETED")} <= set(runs)
+        assert sorted(p.name for p in home.rglob("*.db")) == [], "a SQLite file next to a PostgreSQL stack"
+
 
 def _screenshot(url: str, out: Path, tmp: Path) -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -101,6 +130,56 @@ def _screenshot(url: str, out: Path, tmp: Path) -> str:
     return dom.stdout
 
 
+@pytest.mark.parametrize("stack", ["postgres"], indirect=True)
+def test_postgres_listens_on_loopback_only_and_its_password_stays_in_its_file(stack):
+    """Runs after the retrain above, so the logs hold a whole run's worth of lines."""
+    from typer.testing import CliRunner
+
+    from components.postgres import read_pgpass
+    from flows.cli import app
+
+    state, home, _ = stack
+    postmaster = next(s for s in state.services if s.name == "postgres")
+    listening = {c.laddr.ip for c in psutil.Process(postmaster.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+    passfile = Path(state.db.passfile)
+    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600 and passfile.stat().st_uid == os.geteuid()
+    socket_dir = Path(state.db.data_dir).parent / "run"
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    password = read_pgpass(passfile, "fineship")[1]
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host="127.0.0.1", port=int(state.db.server.rpartition(":")[2]), user="fineship",
+                        dbname="mlflow", password="not-the-password", connect_timeout=10)
+
+    status = CliRunner().invoke(app, ["stack", "status"])
+    assert status.exit_code == 0 and "database:   a private PostgreSQL cluster" in status.output
+    stack_pids = {s.pid for s in state.services}
+    for pid in list(stack_pids):
+        stack_pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    texts = {str(p.relative_to(home)): p.read_text(errors="replace") for p in (home / "stack").rglob("*")
+             if p.is_file() and (p.suffix in {".log", ".json", ".ini"} or p.name.startswith("postgresql"))}
+    texts["fineship stack status"] = status.output
+    assert {"stack/stack.json", "stack/mlflow-server.log", "stack/prefect-server.log", "stack/worker.log",
+            "stack/postgres/postgres.log"} <= set(texts)
+    # Compared without assertion rewriting of the texts, so that a failure names the leak but never prints it.
+    leaks = [f"command line of pid {p.pid}" for p in psutil.process_iter(["cmdline"])
+             if password in " ".join(p.info["cmdline"] or [])]
+    leaks += [f"environment of pid {pid}" for pid in sorted(stack_pids) if _environ_holds(pid, password)]
+    leaks += [f"file {name}" for name, text in texts.items() if password in text]
+    assert leaks == []
+
+
+def _environ_holds(pid: int, secret: str) -> bool:
+    try:
+        return any(secret in value for value in psutil.Process(pid).environ().values())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)  # once: the browser is the expensive part
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="chromium is not installed (apt-get install chromium); browser test skipped")
 def test_browser_shows_deployment_form_and_model_version(stack, tmp_path):
