@@ -76,11 +76,13 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
             evidence = gather_gate_evidence(registry, champion.version, config.gate, labels, str(work / "champion"))
             check_label_consistency(evidence, splits.train, d.text_column, d.label_column, config.gate, registry, run_id)
             trained = fine_tune(splits, d.text_column, d.label_column, labels, config.training, str(work / "package"),
-                                registry, run_id, settings.aws, checkpoints)  # a re-run resumes from its checkpoint
+                                registry, run_id, settings.aws, checkpoints,  # a re-run resumes from its checkpoint
+                                settings.mlflow_ui_url)
             candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate",
-                                       registry, run_id)
+                                       registry, run_id, settings.mlflow_ui_url)
             gated = gate_candidate(trained.package_dir, candidate, evidence, splits, d.text_column, d.label_column,
-                                   config.gate, registry, run_id)  # new test split + champion's reference set
+                                   config.gate, registry, run_id,  # new test split + champion's reference set
+                                   settings.mlflow_ui_url)
             decision, champion_report = gated.decision, gated.champion
             smoke_texts = splits.test[d.text_column].head(5).tolist()
             if not decision.passed:

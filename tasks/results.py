@@ -25,6 +25,7 @@ from components.provenance import source_digest
 # version) is a new cache key, so a rule fix re-validates data cached under the old rules.
 DATA_CODE = ("components.data.io", "components.data.cleaning", "components.data.validation", "components.data.split",
              "components.data.near_dup", "components.data.profile", "components.data.policy", "components.config",
+             "components.data.docs_offline",
              "tasks.data", "tasks.results")
 
 

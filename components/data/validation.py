@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.config import FIXED_RULES, RULE_ACTIONS
+from components.data.docs_offline import bundle_offline
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +466,8 @@ def validate_frame(df: pd.DataFrame, policy: ValidationPolicy, dataset: str = "d
         name="fineship", validation_definitions=[vd], actions=actions,
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}))
     outcome = checkpoint.run(batch_parameters={"dataframe": rows})
+    if docs_dir is not None:
+        bundle_offline(docs_dir)  # GX's pages load their CSS and scripts from CDNs: the docs must read offline
     by_rule = {r.name: r for r in rules}
     results: list[RuleResult] = []
     for run in outcome.run_results.values():
