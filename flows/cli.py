@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +67,12 @@ TextOpt = typer.Option(None, "--text-column", help="Text column (overrides data.
 LabelOpt = typer.Option(None, "--label-column", help="Label column (overrides data.label_column).")
 
 
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show every library and Prefect log line on the terminal "
+                          "instead of the log file.")
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary (JSON) on stdout; stage lines go to "
+                       "stderr.")
+
+
 @app.command()
 def run(
     config: Optional[str] = ConfigOpt,
@@ -77,13 +82,24 @@ def run(
     label_column: Optional[str] = LabelOpt,
     model: Optional[str] = typer.Option(None, "--model", help="Hugging Face id or local path (overrides training.model)."),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run the deployment flow after a passed gate."),
+    verbose: bool = VerboseOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Run the training flow, then the deployment flow for the registered version."""
+    """Run the training flow, then the deployment flow for the registered version.
+
+    One line per stage as it finishes, then a summary; the libraries' output goes to the log file it names."""
     _prepare_env()
-    try:
-        cfg = _load(config, set_, data, text_column, label_column, model)
-    except FineshipError as err:
-        _fail(err, 2)
+    from flows.console import command_console
+
+    with command_console("run", verbose=verbose, json_mode=as_json) as console:
+        try:
+            cfg = _load(config, set_, data, text_column, label_column, model)
+        except FineshipError as err:
+            console.fail(err, 2, "configuration")
+        _run(cfg, deploy, console)
+
+
+def _run(cfg, deploy: bool, console) -> None:
     from flows.deployment import DeployRequest, deployment_flow
     from flows.settings import Settings
     from flows.training import training_flow
@@ -92,43 +108,67 @@ def run(
     try:
         outcome = training_flow(cfg)
     except FineshipError as err:
-        _fail(err, 3)
-    reg = outcome.registered
-    typer.echo("")
-    typer.secho("fineship run complete", bold=True)
-    typer.echo(f"  MLflow run:        {outcome.run_id}  (tracking: {settings.mlflow_tracking_uri})")
-    typer.echo(f"  test accuracy:     {outcome.candidate.accuracy:.4f}   macro-F1: {outcome.candidate.macro_f1:.4f}"
-               f"   (n={outcome.candidate.n})")
-    typer.echo(f"  gate:              {outcome.decision.summary()}")
-    typer.echo(f"  registered model:  {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
+        console.fail(err, 3)
+    reg, cand = outcome.registered, outcome.candidate
+    summary: dict = {"ok": True, "command": "run", "mlflow_run_id": outcome.run_id,
+                     "tracking_uri": settings.mlflow_tracking_uri,
+                     "test": {"accuracy": cand.accuracy, "macro_f1": cand.macro_f1, "n": cand.n,
+                              "accuracy_ci": list(cand.accuracy_ci)},
+                     "gate": {"passed": outcome.decision.passed, "reasons": outcome.decision.reasons},
+                     "registered": {"name": reg.name, "version": reg.version, "aliases": list(reg.aliases)},
+                     "links": {}, "endpoint": None}
     if settings.mlflow_ui_url:
         ui = settings.mlflow_ui_url.rstrip("/")
-        typer.echo(f"  MLflow UI:         {ui}/#/models/{reg.name}/versions/{reg.version}")
+        summary["links"]["mlflow_version"] = f"{ui}/#/models/{reg.name}/versions/{reg.version}"
     if os.environ.get("PREFECT_UI_URL"):
-        typer.echo(f"  Prefect UI:        {os.environ['PREFECT_UI_URL']}/runs")
-    if not deploy or cfg.deploy.target == "none":
+        summary["links"]["prefect_runs"] = f"{os.environ['PREFECT_UI_URL']}/runs"
+    if not console.json_mode:
+        console.out.print("")
+        console.out.print("[bold]fineship run complete[/]")
+        console.row("MLflow run", f"{outcome.run_id}  (tracking: {settings.mlflow_tracking_uri})")
+        console.row("test accuracy", f"{cand.accuracy:.4f}   macro-F1: {cand.macro_f1:.4f}   (n={cand.n})")
+        console.row("gate", outcome.decision.summary())
+        console.row("registered model", f"{reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
+        if "mlflow_version" in summary["links"]:
+            console.row("MLflow UI", summary["links"]["mlflow_version"])
+        if "prefect_runs" in summary["links"]:
+            console.row("Prefect UI", summary["links"]["prefect_runs"])
+    if deploy and cfg.deploy.target != "none" and "champion" in reg.aliases:
+        try:
+            record = deployment_flow(DeployRequest(
+                model_name=reg.name, version=reg.version, target=cfg.deploy.target,
+                endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host, port=cfg.deploy.port,
+                smoke_texts=cfg.deploy.smoke_texts))
+        except FineshipError as err:
+            console.fail(err, 4)
+        summary["endpoint"] = _endpoint_summary(record, outcome.smoke_texts[0])
+    elif deploy and cfg.deploy.target != "none":
+        summary["awaits_review"] = True
+    if console.json_mode:
+        console.emit_json(summary)
         return
-    if "champion" not in reg.aliases:
-        typer.echo(f"  not deployed:      v{reg.version} awaits review; approve it with\n"
-                   f"                     fineship approve {reg.name} {reg.version}   (signs it with your reviewer key)\n"
-                   f"                     then: fineship deploy --model {reg.name} --version {reg.version}")
-        return
-    try:
-        record = deployment_flow(DeployRequest(model_name=reg.name, version=reg.version, target=cfg.deploy.target,
-                                               endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host,
-                                               port=cfg.deploy.port, smoke_texts=cfg.deploy.smoke_texts))
-    except FineshipError as err:
-        _fail(err, 4)
+    if summary.get("awaits_review"):
+        console.row("not deployed", f"v{reg.version} awaits review; approve it with")
+        console.row("", f"fineship approve {reg.name} {reg.version}   (signs it with your reviewer key)")
+        console.row("", f"then: fineship deploy --model {reg.name} --version {reg.version}")
+    if summary["endpoint"]:
+        ep = summary["endpoint"]
+        console.row("endpoint", f"{ep['url']}/invocations  (pid {ep['pid']})")
+        console.row("sample prediction", f"{ep['sample'][:70]!r}")
+        console.row("", f"-> {ep['label']} (score {ep['score']:.3f}) over HTTP")
+        console.row("stop the endpoint", f"fineship endpoint stop {ep['name']}")
+        if os.environ.get("PREFECT_UI_URL"):
+            console.row("the stack", "Prefect, MLflow and the endpoint keep running; stop everything with: make down")
+    console.row("full log", str(console.log_path) if console.log_path else "above (--verbose)")
+
+
+def _endpoint_summary(record, sample: str) -> dict:
+    """The endpoint and one prediction asked of it over HTTP, as `run` reports them."""
     from components.deploy.local import invoke
 
-    sample = outcome.smoke_texts[0]
     pred = invoke(record.url, [sample])[0]
-    typer.echo(f"  endpoint:          {record.url}/invocations  (pid {record.pid})")
-    typer.echo(f"  sample prediction: {sample[:70]!r}")
-    typer.echo(f"                     -> {pred['label']} (score {pred['score']:.3f}) over HTTP")
-    typer.echo(f"  stop the endpoint: fineship endpoint stop {record.endpoint_name}")
-    if os.environ.get("PREFECT_UI_URL"):
-        typer.echo("  the stack (Prefect, MLflow, endpoint) keeps running; stop everything with: make down")
+    return {"name": record.endpoint_name, "url": record.url, "pid": record.pid, "sample": sample,
+            "label": pred["label"], "score": pred["score"]}
 
 
 @app.command()
@@ -220,6 +260,7 @@ def deploy(
                                    "(repeatable), e.g. sagemaker.instance_type=ml.c5.xlarge, "
                                    "sagemaker.serverless_memory_mb=2048, sagemaker.strategy=canary; the fields are "
                                    "those of components.deploy.sagemaker.SageMakerOptions."),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Deploy a registered model version (by number or alias) to a local endpoint or to SageMaker."""
     _prepare_env()
@@ -238,24 +279,33 @@ def deploy(
     except ValidationError as err:
         _fail(FineshipError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
                                       for e in err.errors())), 2)
-    try:
-        result = deployment_flow(request)
-    except FineshipError as err:
-        _fail(err, 4)
+    from flows.console import command_console
+
+    with command_console("deploy", verbose=verbose) as console:
+        try:
+            result = deployment_flow(request)
+        except FineshipError as err:
+            console.fail(err, 4)
+        _print_deployment(result, console.out)
+
+
+def _print_deployment(result, out) -> None:
     from components.deploy.sagemaker import DeploymentPlan, SageMakerDeploymentRecord
 
     if isinstance(result, DeploymentPlan):
-        typer.echo(result.render(dry_run=True))
-        typer.echo(f"dry run: {len(result.mutating_calls)} changing calls planned, none made")
+        out.print(result.render(dry_run=True), markup=False, highlight=False)
+        out.print(f"dry run: {len(result.mutating_calls)} changing calls planned, none made", markup=False)
     elif isinstance(result, SageMakerDeploymentRecord):
-        typer.echo(f"{result.model_name} v{result.model_version} serving on SageMaker endpoint {result.endpoint_name} "
-                   f"({result.region})")
-        typer.echo(f"  endpoint config: {result.endpoint_config}"
-                   + (f" (previous {result.previous_config}, kept for rollback)" if result.previous_config else ""))
-        typer.echo(f"  smoke test:      {result.smoke.agreed}/{result.smoke.n} predictions equal the registered model's")
-        typer.echo(f"  status:          fineship endpoint status {result.endpoint_name}")
+        lines = [f"{result.model_name} v{result.model_version} serving on SageMaker endpoint {result.endpoint_name} "
+                 f"({result.region})",
+                 f"  endpoint config: {result.endpoint_config}"
+                 + (f" (previous {result.previous_config}, kept for rollback)" if result.previous_config else ""),
+                 f"  smoke test:      {result.smoke.agreed}/{result.smoke.n} predictions equal the registered model's",
+                 f"  status:          fineship endpoint status {result.endpoint_name}"]
+        out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     else:
-        typer.echo(f"{result.model_name} v{result.model_version} serving at {result.url} (pid {result.pid})")
+        out.print(f"{result.model_name} v{result.model_version} serving at {result.url} (pid {result.pid})",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 ByOpt = typer.Option(..., "--by", help="Reviewer name recorded on the version.")
@@ -477,8 +527,11 @@ def endpoint_delete(name: str = typer.Argument(..., help="Endpoint name."),
 
 
 def main() -> None:  # pragma: no cover - console entry
+    from flows.console import own_process
+
+    own_process()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -1,14 +1,44 @@
-"""Shared task plumbing: retries of transient failures (the rule is components/retry.py), artifact keys."""
+"""Shared task plumbing: retries of transient failures (the rule is components/retry.py), artifact keys, and the
+one line per stage that a person reads (`report_stage`)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import time
+from typing import Any, Literal
+
+from prefect import get_run_logger
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
 
 from components.markdown import md_table
 from components.retry import is_transient
 
-__all__ = ["artifact_key", "is_transient", "md_table", "retry_transient"]
+__all__ = ["STAGE_RECORD", "StageEvent", "artifact_key", "is_transient", "md_table", "report_stage", "retry_transient"]
+
+STAGE_RECORD = "fineship_stage"  # the log record attribute `fineship run` prints a stage line from
+
+
+class StageEvent(BaseModel):
+    """A stage's outcome, as `fineship run` prints it and `--json` reports it."""
+
+    stage: str
+    outcome: Literal["ok", "warning", "failed", "rejected", "skipped"] = "ok"
+    seconds: float | None = None
+    figure: str = ""
+
+
+def report_stage(stage: str, figure: str, *args: Any, outcome: str = "ok") -> StageEvent:
+    """Log the stage's one line on the run's logger (the Prefect run page shows it; `fineship run` prints it with
+    the task's duration). `figure` is the key figure, %-formatted with `args` like a log message."""
+    text = figure % args if args else figure
+    ctx = TaskRunContext.get()
+    started = ctx.task_run.start_time if ctx is not None and ctx.task_run is not None else None
+    seconds = max(time.time() - started.timestamp(), 0.0) if started is not None else None
+    event = StageEvent(stage=stage, outcome=outcome, seconds=seconds, figure=text)
+    level = 30 if outcome in ("warning", "rejected", "failed") else 20
+    get_run_logger().log(level, "%s: %s", stage, text, extra={STAGE_RECORD: event})
+    return event
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect `retry_condition_fn`: retry only transient I/O."""

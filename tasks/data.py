@@ -24,7 +24,7 @@ from components.data.validation import ValidationPolicy, ValidationReport, valid
 from components.errors import DataValidationError
 from components.registry.mlflow_registry import MlflowRegistry
 from components.registry.model_card import MANIFEST_ARTIFACT, PROFILE_ARTIFACT, split_params
-from tasks.common import artifact_key, md_table, retry_transient
+from tasks.common import artifact_key, md_table, report_stage, retry_transient
 from tasks.results import DATA_CODE_CACHE, DataCheck, ResultJSONSerializer
 
 __all__ = ["DataCheck", "DataInputs", "LoadedDataset", "load_inputs", "split_data", "validate_inputs"]
@@ -63,7 +63,7 @@ class DataInputs(BaseModel):
 def load_dataset(uri: str, fmt: str = "auto", s3_client: Any | None = None) -> LoadedDataset:
     """Read a dataset from a local path or S3."""
     df, ref = read_dataset(uri, fmt, s3_client=s3_client)
-    get_run_logger().info("loaded %s: %d rows, fingerprint %s", uri, ref.rows, ref.fingerprint[:12])
+    report_stage("load", "%s: %d rows, fingerprint %s", uri, ref.rows, ref.fingerprint[:12])
     return LoadedDataset(frame=df, ref=ref)
 
 
@@ -153,9 +153,12 @@ def publish_validation(check: DataCheck, registry: MlflowRegistry | None = None,
         logger.warning("cleaned before validation: %s", line)
     for r in report.warnings:
         logger.warning("%s: %s", r.rule, r.message)
+    cleaned = "; " + ", ".join(report.cleaning.lines()) if report.cleaning is not None and report.cleaning.rules else ""
     if not report.passed:
+        report_stage("validate", "failed: %s%s", ", ".join(r.rule for r in report.errors), cleaned, outcome="failed")
         raise DataValidationError(report.summary(), report)
-    logger.info("validation passed (%d rules, %d warnings)", len(report.results), len(report.warnings))
+    report_stage("validate", "passed (%d rules, %d warnings%s)", len(report.results), len(report.warnings), cleaned,
+                 outcome="warning" if report.warnings else "ok")
 
 
 def validate_data(data: LoadedDataset, policy: ValidationPolicy, docs_root: Path,
@@ -218,7 +221,8 @@ def publish_split(splits: Splits) -> None:
         key=artifact_key("split"), description=f"Split sizes per class (seed {m.seed}, leakage {m.leakage}, "
                                                f"{m.duplicate_groups} duplicate groups kept together, digest {m.digest}"
                                                + (f"; removed before the split: {m.removed}" if m.removed else "") + ")")
-    get_run_logger().info("split %s, leakage %d, digest %s", m.sizes, m.leakage, m.digest)
+    report_stage("split", "%s, leakage %d, digest %s", " / ".join(f"{k} {v}" for k, v in m.sizes.items()), m.leakage,
+                 m.digest[:12])
 
 
 def split_data(inputs: DataInputs, config: PipelineConfig) -> Splits:

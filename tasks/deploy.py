@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -21,7 +21,7 @@ from components.deploy.sagemaker import (
 )
 from components.package import load_package
 from components.registry.mlflow_registry import MlflowRegistry
-from tasks.common import artifact_key, retry_transient
+from tasks.common import artifact_key, report_stage, retry_transient
 
 
 @task(name="expected-predictions", timeout_seconds=600, cache_policy=NO_CACHE)
@@ -42,8 +42,8 @@ def deploy_local_endpoint(target: LocalTarget, package_dir: str, model_name: str
     rows = "\n".join(f"- `{t[:80]}` -> **{p['label']}** ({p['score']:.3f})" for t, p in zip(texts, result.predictions))
     create_markdown_artifact(f"# Smoke test passed: {result.agreed}/{result.n} agree\n\n{rows}",
                              key=artifact_key("smoke-test"), description="Smoke test over HTTP")
-    get_run_logger().info("%s v%s serving at %s; smoke test %d/%d agree", model_name, version, record.url,
-                          result.agreed, result.n)
+    report_stage("deploy", "%s v%s serving at %s; smoke test %d/%d agree", model_name, version, record.url,
+                 result.agreed, result.n)
     return record
 
 
@@ -63,7 +63,7 @@ def record_deployment_failure(registry: MlflowRegistry, model_name: str, version
 def sagemaker_preflight(target: SageMakerTarget, package_dir: str) -> PreflightResult:
     """Every check that needs no AWS call; raises `PreflightError` listing every issue."""
     checked = require_preflight(target, package_dir)
-    get_run_logger().info("pre-flight passed for endpoint %s; image %s", target.endpoint_name, checked.image_uri)
+    report_stage("pre-flight", "passed for endpoint %s; image %s", target.endpoint_name, checked.image_uri)
     return checked
 
 
@@ -82,8 +82,8 @@ def prepare_sagemaker_deployment(checked: PreflightResult, model_name: str, vers
     plan = prepared.plan
     create_markdown_artifact(f"# SageMaker deployment plan `{plan.deploy_id}`\n\n```\n{plan.render(dry_run=False)}\n```",
                              key=artifact_key("sagemaker-plan"), description="Every AWS call of the deployment")
-    get_run_logger().info("plan %s: %s %s v%s -> %s, %d mutating calls", plan.deploy_id, plan.mode, model_name,
-                          version, plan.endpoint_name, len(plan.mutating_calls))
+    report_stage("plan", "%s: %s %s v%s -> %s, %d mutating calls", plan.deploy_id, plan.mode, model_name,
+                 version, plan.endpoint_name, len(plan.mutating_calls))
     return prepared
 
 
@@ -100,6 +100,7 @@ def execute_sagemaker_deployment(prepared: PreparedDeployment, expected: list[st
         f"({record.mode}{', previous ' + record.previous_config if record.previous_config else ''}); smoke test "
         f"{record.smoke.agreed}/{record.smoke.n} agree.", key=artifact_key("sagemaker-endpoint"),
         description="SageMaker deployment")
-    get_run_logger().info("%s v%s serving on %s (config %s)", record.model_name, record.model_version,
-                          record.endpoint_name, record.endpoint_config)
+    report_stage("deploy", "%s v%s serving on SageMaker endpoint %s (config %s); smoke test %d/%d agree",
+                 record.model_name, record.model_version, record.endpoint_name, record.endpoint_config,
+                 record.smoke.agreed, record.smoke.n)
     return record

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
@@ -28,7 +28,8 @@ from components.evaluation.render import behaviour_markdown, consistency_markdow
 from components.package import load_package
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.model_card import confusion_markdown
-from tasks.common import artifact_key, md_table, retry_transient
+from tasks.common import artifact_key, md_table, report_stage, retry_transient
+from tasks.plots import publish_plot
 from tasks.registry import download_version
 
 RECORDED_REPORT = "evaluation/candidate_report.json"
@@ -80,8 +81,9 @@ class GateOutcome(BaseModel):
 
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)
 def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: str, role: str,
-                   registry: MlflowRegistry, run_id: str) -> EvaluationReport:
-    """Score a model package on the test split; log metrics (prefixed by `role`) and plots to MLflow."""
+                   registry: MlflowRegistry, run_id: str, mlflow_ui_url: str | None = None) -> EvaluationReport:
+    """Score a model package on the test split; log metrics (prefixed by `role`) and plots to MLflow; show the
+    plots on the Prefect run page (image artifacts from the MLflow server at `mlflow_ui_url`, if any)."""
     clf = load_package(package_dir)
     test = splits.test
     report = evaluate_classifier(clf, test[text_col].tolist(), test[label_col].astype(str).tolist(),
@@ -90,9 +92,12 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
                          | {f"{role}_latency_ms_per_example": report.latency_ms_per_example})
     registry.log_dict(run_id, report.model_dump(), f"evaluation/{role}_report.json")
     with tempfile.TemporaryDirectory() as tmp:
-        registry.log_artifact(run_id, plot_confusion_matrix(report, Path(tmp) / f"{role}_confusion_matrix.png"),
-                              "plots")
-        registry.log_artifact(run_id, plot_reliability(report, Path(tmp) / f"{role}_reliability.png"), "plots")
+        confusion = plot_confusion_matrix(report, Path(tmp) / f"{role}_confusion_matrix.png")
+        reliability = plot_reliability(report, Path(tmp) / f"{role}_reliability.png")
+        plots = [publish_plot(registry, run_id, confusion, f"Confusion matrix of the {role}",
+                              artifact_key("evaluation", role, "confusion-matrix"), mlflow_ui_url),
+                 publish_plot(registry, run_id, reliability, f"Reliability of the {role}",
+                              artifact_key("evaluation", role, "reliability"), mlflow_ui_url)]
     rows = [[lab, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", m.support] for lab, m in report.per_class.items()]
     cm = confusion_markdown(report)
     create_markdown_artifact(
@@ -101,9 +106,10 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
         f"macro-F1 **{report.macro_f1:.4f}** (95% CI {report.macro_f1_ci[0]:.4f}-{report.macro_f1_ci[1]:.4f}), "
         f"MCC {report.mcc:.4f}, ECE {report.ece or 0:.4f}, "
         f"{report.latency_ms_per_example:.2f} ms per example\n\n"
-        + md_table(["class", "precision", "recall", "F1", "support"], rows) + "\n\n## Confusion matrix\n\n" + cm,
+        + md_table(["class", "precision", "recall", "F1", "support"], rows) + "\n\n## Confusion matrix\n\n" + cm
+        + "\n\n## Plots\n\n" + "\n\n".join(plots),
         key=artifact_key("evaluation", role), description=f"Evaluation of the {role}")
-    get_run_logger().info("%s: accuracy %.4f, macro-F1 %.4f", role, report.accuracy, report.macro_f1)
+    report_stage(f"evaluate {role}", "accuracy %.4f, macro-F1 %.4f (n=%d)", report.accuracy, report.macro_f1, report.n)
     return report
 
 
@@ -123,8 +129,8 @@ def load_champion_record(registry: MlflowRegistry, version: RegisteredVersion) -
     with tempfile.TemporaryDirectory() as tmp:
         reference = read_reference_set(registry.client.download_artifacts(version.run_id, REFERENCE_ARTIFACT, tmp),
                                        source=f"{name}, MLflow run {version.run_id}: {REFERENCE_ARTIFACT}")
-    get_run_logger().info("%s: recorded report %s, reference set of %d rows", name,
-                          "found" if recorded else "missing", reference.rows)
+    report_stage("champion", "%s: recorded report %s, reference set of %d rows", name,
+                 "found" if recorded else "missing", reference.rows)
     return ChampionRecord(recorded=recorded, reference=reference)
 
 
@@ -161,7 +167,8 @@ def check_label_consistency(evidence: GateEvidence, train: pd.DataFrame, text_co
                                "fineship.label_consistency_findings": "; ".join(report.findings)})
     create_markdown_artifact(consistency_markdown(report), key=artifact_key("label-consistency"),
                              description=f"Label consistency: {status}")
-    get_run_logger().info(report.summary())
+    report_stage("labels", report.summary().removeprefix("label consistency "),
+                 outcome="skipped" if not report.checked else "ok" if report.passed else "failed")
     if not report.passed:
         raise LabelConsistencyError(report.failure_message(), report.inconsistent, report.swaps)
     return report
@@ -214,7 +221,7 @@ def run_behaviour_checks(package_dir: str, suite: BehaviourSuite, min_pass_rate:
     create_markdown_artifact(f"# Behavioural checks: {'passed' if report.passed else 'FAILED'}\n\n"
                              + behaviour_markdown(report), key=artifact_key("behaviour-checks"),
                              description="Behavioural checks of the candidate")
-    get_run_logger().info("; ".join(report.reasons()))
+    report_stage("behaviour", "; ".join(report.reasons()), outcome="ok" if report.passed else "failed")
     return report
 
 
@@ -229,19 +236,22 @@ def gate(candidate: EvaluationReport, champion: EvaluationReport | None, policy:
     registry.log_dict(run_id, decision.model_dump(mode="json"), "evaluation/gate_decision.json")
     verdict = "PASSED" if decision.passed else "REJECTED"
     create_markdown_artifact(gate_markdown(decision), key=artifact_key("gate"), description=f"Gate {verdict}")
-    get_run_logger().info(decision.summary())
+    # Rejected: the reasons follow in the error that stops the run, so the stage line stays short.
+    report_stage("gate", decision.summary() if decision.passed else "REJECTED (reasons below)",
+                 outcome="ok" if decision.passed else "rejected")
     return decision
 
 
 def gate_candidate(package_dir: str, candidate: EvaluationReport, evidence: GateEvidence, splits: Splits,
                    text_col: str, label_col: str, policy: GateConfig, registry: MlflowRegistry,
-                   run_id: str) -> GateOutcome:
+                   run_id: str, mlflow_ui_url: str | None = None) -> GateOutcome:
     """Store this run's test split as its reference set; re-score the champion on the new test split and score
     both on the champion's reference set; run the behavioural checks; decide."""
     record_reference_set(registry, run_id, splits.test, text_col, label_col)
     champ, champion_report, reference = evidence.champion, None, None
     if champ is not None:
-        champion_report = evaluate_model(champ.package_dir, splits, text_col, label_col, "champion", registry, run_id)
+        champion_report = evaluate_model(champ.package_dir, splits, text_col, label_col, "champion", registry, run_id,
+                                         mlflow_ui_url)
         reference = score_reference_set(package_dir, champ, splits, text_col, label_col, registry, run_id)
     checks = (run_behaviour_checks(package_dir, evidence.behaviour, policy.behaviour_min_pass_rate, registry, run_id)
               if evidence.behaviour is not None else None)

@@ -12,7 +12,7 @@ from components.errors import ExportError
 from components.export import ExportResult, export_package
 from components.export.spec import SPEC_FILE
 from components.registry.mlflow_registry import MlflowRegistry
-from tasks.common import artifact_key, md_table
+from tasks.common import artifact_key, md_table, report_stage
 
 MAX_PARITY_TEXTS = 512  # the check runs every text at three batch sizes in a fresh process; bound its time
 
@@ -77,7 +77,7 @@ def export_model(package_dir: str, kind: str, texts: list[str], registry: Mlflow
         _record(result, registry, run_id)
     create_markdown_artifact(_markdown(result), key=artifact_key(f"export-{kind}"),
                              description=f"{kind} export parity and latency")
-    logger.info("%s export passed parity on %d texts (max |diff| %.2e) -> %s", kind, result.parity.n_texts,
-                result.parity.max_abs_diff, result.path)
+    report_stage(f"export {kind}", "parity on %d texts (max |diff| %.2e) -> %s", result.parity.n_texts,
+                 result.parity.max_abs_diff, result.path)
     return result
 

@@ -29,7 +29,7 @@ from components.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, run_
 from components.registry.package_check import verify_package
 from components.registry.review import CHAMPION, AliasChange, ReviewPolicy, auto_promote, verify_deployable
 from components.registry.signing import VerifiedApproval
-from tasks.common import artifact_key, retry_transient
+from tasks.common import artifact_key, report_stage, retry_transient
 
 # What the registered pyfunc model needs at load time, pinned to the versions installed here.
 PYFUNC_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pydantic", "mlflow")
@@ -128,7 +128,7 @@ def register_model(registry: MlflowRegistry, package_dir: str, name: str, run_id
     if mlflow_ui_url:
         create_link_artifact(f"{mlflow_ui_url.rstrip('/')}/#/models/{name}/versions/{version.version}",
                              link_text=f"{name} v{version.version} in MLflow", key=artifact_key("mlflow-version"))
-    get_run_logger().info("registered %s version %s", name, version.version)
+    report_stage("register", "%s version %s", name, version.version)
     return version
 
 
@@ -137,8 +137,8 @@ def promote_by_policy(registry: MlflowRegistry, version: RegisteredVersion, pack
                       policy: ReviewPolicy) -> RegisteredVersion:
     """Under the operator's FINESHIP_AUTO_PROMOTE policy: sign the version with the pipeline's key, make it champion."""
     change: AliasChange = auto_promote(registry, version.name, version.version, package_dir, policy)
-    get_run_logger().info("%s: champion %s -> %s (auto-promotion by operator policy, pipeline-signed)", version.name,
-                          change.from_version, change.to_version)
+    report_stage("promote", "%s: champion %s -> %s (auto-promotion by operator policy, pipeline-signed)", version.name,
+                 change.from_version, change.to_version)
     return registry.get_version(version.name, version=version.version)
 
 
@@ -147,7 +147,7 @@ def verify_package_task(package_dir: str, texts: list[str]) -> float:
     """Load the package in a fresh process; it must predict `texts` as the trained model does in memory."""
     clf = load_package(package_dir)
     diff = verify_package(package_dir, texts, clf.predict_proba(texts))
-    get_run_logger().info("package check passed: fresh-process scores within %.2e", diff)
+    report_stage("package", "fresh-process scores within %.2e", diff)
     return diff
 
 
@@ -161,8 +161,8 @@ def verify_approval_task(version: RegisteredVersion, package_dir: str, policy: R
         f"(key `{verified.key_id}`) at {verified.signed_at:%Y-%m-%d %H:%M} UTC over {verified.files} files, each "
         f"hashed again here." + (f"\n\nComment: {verified.comment}" if verified.comment else ""),
         key=artifact_key("signature"), description="Approval signature check")
-    get_run_logger().info("%s v%s: %s by %s verified over %d files", version.name, version.version, verified.purpose,
-                          who, verified.files)
+    report_stage("signature", "%s v%s: %s by %s verified over %d files", version.name, version.version,
+                 verified.purpose, who, verified.files)
     return verified
 
 

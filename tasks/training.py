@@ -20,7 +20,8 @@ from components.registry.mlflow_registry import MlflowRegistry
 from components.training.checkpoint import prune_run_dirs, run_checkpoint_dir
 from components.training.replay import replayed_metrics
 from components.training.trainer import TrainedModel, train
-from tasks.common import artifact_key, md_table
+from tasks.common import artifact_key, md_table, report_stage
+from tasks.plots import publish_plot
 
 # Run directories kept per model under the flow's checkpoint root (the current run's included): checkpoints of
 # other configurations or data are only useful to a re-run of exactly those, so few are kept.
@@ -77,7 +78,8 @@ def _health_markdown(trained: TrainedModel) -> str:
 @task(name="fine-tune", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)  # training is never retried
 def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], cfg: TrainingConfig,
               out_dir: str, registry: MlflowRegistry, run_id: str,
-              aws: AwsSettings | None = None, checkpoint_root: str | None = None) -> TrainedModel:
+              aws: AwsSettings | None = None, checkpoint_root: str | None = None,
+              mlflow_ui_url: str | None = None) -> TrainedModel:
     """Train on the train split, early-stop on validation, and write the model package to `out_dir`.
 
     `training.backend` picks where: this process (`processes: 1`), local torchrun processes, or a
@@ -87,6 +89,8 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
     Metrics reach MLflow through a buffer that rides out MLflow outages; if MLflow is still
     unreachable `FINESHIP_MLFLOW_OUTAGE_WAIT_SECONDS` after training, the task fails with
     `MetricsUndelivered`, the package and the final checkpoint written, so a re-run only resumes.
+    The training curve is shown on the Prefect run page (an image artifact from the MLflow server at
+    `mlflow_ui_url`, if any, and embedded in the training report).
     """
     logger = get_run_logger()
     cfg = _with_default_checkpoints(cfg, checkpoint_root, labels, splits, text_col, label_col)
@@ -142,10 +146,12 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
                                    f"failed attempts; last error: {report.last_error}"})
     for warning in trained.health:
         logger.warning("training health: %s", warning.message)
+    curve = "No training curve: no evaluation was recorded during training."
     if trained.history:
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_training_curves(trained.history, Path(tmp) / "training_curves.png")
-            registry.log_artifact(run_id, png, "plots")
+            curve = publish_plot(registry, run_id, png, "Training curve", artifact_key("training-curves"),
+                                 mlflow_ui_url)
     rows = [[f"{h['epoch']:.2f}", int(h["step"]), f"{h['train_loss']:.4f}", f"{h.get('val_loss', float('nan')):.4f}",
              f"{h.get('val_accuracy', float('nan')):.4f}", f"{h.get('val_macro_f1', float('nan')):.4f}"]
             for h in trained.history]
@@ -157,11 +163,13 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
         + (f"; resumed from step {trained.resumed_from_step}" if trained.resumed_from_step is not None else "")
         + ("; stopped early" if trained.early_stopped else "") + ".\n\n"
         + md_table(["epoch", "step", "train loss", "val loss", "val accuracy", "val macro-F1"], rows)
+        + "\n\n## Training curve\n\n" + curve
         + "\n\n" + _health_markdown(trained)
-        + "\n\nThe training-curve PNG is in the MLflow run under `plots/`; health warnings are its "
-          "`fineship.health.*` tags.",
+        + "\n\nHealth warnings are also the MLflow run's `fineship.health.*` tags.",
         key=artifact_key("training"), description="Training curve and health")
-    logger.info("trained %d steps on %s in %.1fs", trained.steps, where, trained.train_seconds)
+    report_stage("train", "%d steps, %.1f samples/s on %s%s", trained.steps, trained.samples_per_second, where,
+                 f", resumed from step {trained.resumed_from_step}" if trained.resumed_from_step is not None else "",
+                 outcome="warning" if trained.health else "ok")
     return trained
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.config import TrainingConfig
 from components.errors import TrainingError
 from components.package import PackageMeta, preprocess, resolve_device, save_package
+from components.progress import bar_stream
 from components.training.batching import collate, count_batches, epoch_batches, length_grouped_batches  # noqa: F401
 from components.training.checkpoint import (
     clean_temporary,
@@ -430,8 +431,9 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
                 loop.early_stopped = loop.done = True
 
     device_type = device.split(":")[0]
-    bar = tqdm(total=total_steps, initial=loop.step, desc="training", unit="step", dynamic_ncols=True,
-               disable=not (progress and ctx.is_main))
+    bar_file = bar_stream() if progress and ctx.is_main else None  # a bar only on a terminal a person watches
+    bar = tqdm(total=total_steps, initial=loop.step, desc="training", unit="step", dynamic_ncols=True, file=bar_file,
+               disable=bar_file is None, leave=False)
     interrupted: TrainingInterrupted | None = None
     started = time.perf_counter() - loop.elapsed
     cpu_started, eval_cpu = time.process_time() - loop.cpu_seconds, [0.0]

@@ -6,14 +6,18 @@ import os
 import subprocess
 import sys
 
+from tests.support.cli import run_cli
 from tests.support.tiny import REPO, SAMPLE, seed_mlflow_db
 
 FINESHIP = [sys.executable, "-m", "flows.cli"]
 
 
-def _run(args, cwd, **env):
+def _subprocess(args, cwd, **env):
     return subprocess.run(FINESHIP + args, cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+_run = run_cli
 
 
 def test_validate_sample_exits_zero(tmp_path):
@@ -34,7 +38,7 @@ def test_validate_missing_label_column_names_it(tmp_path, sample_df):
 
 
 def test_unreadable_file_exits_2_with_message(tmp_path):
-    r = _run(["validate", "--data", str(tmp_path / "nope.csv")], tmp_path)
+    r = _subprocess(["validate", "--data", str(tmp_path / "nope.csv")], tmp_path)
     assert r.returncode == 2
     assert "does not exist" in r.stderr
 
@@ -47,7 +51,7 @@ def test_every_command_has_help(tmp_path):
 
 
 def test_bad_config_value_fails_naming_field(tmp_path):
-    r = _run(["run", "--config", "demo", "--set", "training.epochs=0"], REPO, FINESHIP_HOME=str(tmp_path / "h"))
+    r = _subprocess(["run", "--config", "demo", "--set", "training.epochs=0"], REPO, FINESHIP_HOME=str(tmp_path / "h"))
     assert r.returncode == 2
     assert "training.epochs" in r.stderr
 

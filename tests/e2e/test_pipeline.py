@@ -135,6 +135,9 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
     assert "vs champion v1" in version.tags["fineship.gate_reasons"]
 
 
+# Slow: two trainings, one of 12 epochs (~17 s on 2 cores); run by .ci/run (RUN_SLOW=1). The gate's statistics
+# have fast unit tests, and test_poisoning.py covers a poisoned retrain end to end in make test.
+@pytest.mark.slow
 def test_candidate_trained_on_shuffled_labels_is_rejected(prefect_harness, fineship_home, tiny_bert, tmp_path,
                                                           sample_df, monkeypatch):
     from flows.training import training_flow

@@ -6,10 +6,7 @@ import gzip
 import io
 import json
 import logging
-import os
 import zipfile
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +15,7 @@ import pytest
 from components.data.io import read_dataset
 from components.data.validation import ValidationPolicy, validate_frame
 from components.errors import DataLoadError
+from tests.support.cli import run_cli
 
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 REPO = Path(__file__).resolve().parents[2]
@@ -241,9 +239,8 @@ def test_missing_s3_key_is_a_read_error(moto_endpoint):
 @pytest.mark.parametrize("case", ["renamed label column", "a single class", "non-UTF-8 bytes"])
 def test_cli_exits_non_zero_on_bad_data(case, tmp_path, sample_df):
     path = CASES[case][0](tmp_path, _good(sample_df))
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "validate", "--data", str(path), "--labels",
-                        ",".join(LABELS)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO), "FINESHIP_HOME": str(tmp_path / "h")})
+    r = run_cli(["validate", "--data", str(path), "--labels", ",".join(LABELS)], tmp_path,
+                FINESHIP_HOME=str(tmp_path / "h"))
     assert r.returncode != 0
     assert (CASES[case][2] in r.stdout + r.stderr)
 

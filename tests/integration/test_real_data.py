@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from components.data.io import read_dataset
 from components.data.split import split_frame
 from components.data.validation import ValidationPolicy, normalise_text, validate_frame
-from tests.support.tiny import REPO
+from tests.support.cli import run_cli
 
 
 def test_bbc_news_validates_and_duplicates_stay_together(shared_data):
@@ -35,9 +31,7 @@ def test_bbc_news_validates_and_duplicates_stay_together(shared_data):
 
 
 def test_fineship_validate_cli_on_bbc(shared_data, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "validate", "--data",
-                        str(shared_data / "bbc-news" / "bbc-text.csv"), "--text-column", "text", "--label-column",
-                        "category"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(REPO), "FINESHIP_HOME": str(tmp_path / "h")})
+    r = run_cli(["validate", "--data", str(shared_data / "bbc-news" / "bbc-text.csv"), "--text-column", "text",
+                 "--label-column", "category"], tmp_path, FINESHIP_HOME=str(tmp_path / "h"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[WARNING] duplicates" in r.stdout and "PASSED" in r.stdout

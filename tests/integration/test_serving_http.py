@@ -481,6 +481,8 @@ def _fire(url: str, requests: list[tuple[dict, bytes, int | None]], clients: int
     return total
 
 
+# Slow: ~35 s of steady load on 2 cores; run by .ci/run (RUN_SLOW=1). The shorter concurrency tests above run always.
+@pytest.mark.slow
 def test_soak_5000_requests_from_8_clients(server: ServerProcess, capsys):
     proc = psutil.Process(server.pid)
     _fire(server.url, _soak_requests(400, seed=1), clients=8)  # warm-up: allocator pools, tokenizer caches
