@@ -278,6 +278,10 @@ class GateConfig(_Section):
     behaviour_min_pass_rate: float = Field(
         1.0, ge=0, le=1, description="Share of each kind of behavioural case the candidate must pass (equal passes; "
         "1.0: every case).")
+    min_margin_over_baseline: float | None = Field(
+        None, ge=-1, le=1, description="The candidate's test accuracy minus that of TF-IDF (1-2 grams) + LinearSVC "
+        "fitted on the same training split must be at least this (the point estimate; equal passes; negative: the "
+        "candidate may trail the baseline by that much). null: the margin is reported, never enforced.")
 
 
 OPERATOR_POLICIES = {

@@ -79,7 +79,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
                                 registry, run_id, settings.aws, checkpoints,  # a re-run resumes from its checkpoint
                                 settings.mlflow_ui_url)
             candidate = evaluate_model(trained.package_dir, splits, d.text_column, d.label_column, "candidate",
-                                       registry, run_id, settings.mlflow_ui_url)
+                                       registry, run_id, settings.mlflow_ui_url, baseline=True)
             gated = gate_candidate(trained.package_dir, candidate, evidence, splits, d.text_column, d.label_column,
                                    config.gate, registry, run_id,  # new test split + champion's reference set
                                    settings.mlflow_ui_url)

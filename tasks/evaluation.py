@@ -17,6 +17,7 @@ from components.config import GateConfig
 from components.data.split import Splits
 from components.errors import LabelConsistencyError
 from components.evaluation import behaviour, consistency
+from components.evaluation.baseline import compare_to_baseline, fit_baseline, margin_metrics
 from components.evaluation.behaviour import BehaviourReport, BehaviourSuite, load_behaviour_suite
 from components.evaluation.consistency import ConsistencyReport
 from components.evaluation.gate import GateDecision, decide
@@ -24,8 +25,8 @@ from components.evaluation.metrics import EvaluationReport, evaluate_classifier,
 from components.evaluation.plots import plot_confusion_matrix, plot_reliability
 from components.evaluation.reference import (REFERENCE_ARTIFACT, ReferenceScores, ReferenceSet, leave_out_seen,
                                              read_reference_set, write_reference_set)
-from components.evaluation.render import behaviour_markdown, consistency_markdown, gate_markdown
-from components.package import load_package
+from components.evaluation.render import baseline_markdown, behaviour_markdown, consistency_markdown, gate_markdown
+from components.package import load_package, preprocess
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.model_card import confusion_markdown
 from tasks.common import artifact_key, md_table, report_stage, retry_transient
@@ -81,13 +82,21 @@ class GateOutcome(BaseModel):
 
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)
 def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: str, role: str,
-                   registry: MlflowRegistry, run_id: str, mlflow_ui_url: str | None = None) -> EvaluationReport:
+                   registry: MlflowRegistry, run_id: str, mlflow_ui_url: str | None = None,
+                   baseline: bool = False) -> EvaluationReport:
     """Score a model package on the test split; log metrics (prefixed by `role`) and plots to MLflow; show the
-    plots on the Prefect run page (image artifacts from the MLflow server at `mlflow_ui_url`, if any)."""
+    plots on the Prefect run page (image artifacts from the MLflow server at `mlflow_ui_url`, if any). With
+    `baseline`, also fit TF-IDF + LinearSVC on the training split and report the model's margin over it."""
     clf = load_package(package_dir)
     test = splits.test
     report = evaluate_classifier(clf, test[text_col].tolist(), test[label_col].astype(str).tolist(),
                                  model=package_dir, split_digest=splits.manifest.digest)
+    if baseline:  # both models see the texts cleaned as the package cleans them
+        fitted = fit_baseline(preprocess(splits.train[text_col].astype(str).tolist(), clf.meta),
+                              splits.train[label_col].astype(str).tolist(),
+                              preprocess(test[text_col].astype(str).tolist(), clf.meta), report.y_true)
+        report = report.model_copy(update={"baseline": compare_to_baseline(report.y_true, report.predictions, fitted)})
+        registry.log_metrics(run_id, margin_metrics(report.baseline, role))
     registry.log_metrics(run_id, {f"{role}_test_{k}": v for k, v in report.headline().items()}
                          | {f"{role}_latency_ms_per_example": report.latency_ms_per_example})
     registry.log_dict(run_id, report.model_dump(), f"evaluation/{role}_report.json")
@@ -106,10 +115,13 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
         f"macro-F1 **{report.macro_f1:.4f}** (95% CI {report.macro_f1_ci[0]:.4f}-{report.macro_f1_ci[1]:.4f}), "
         f"MCC {report.mcc:.4f}, ECE {report.ece or 0:.4f}, "
         f"{report.latency_ms_per_example:.2f} ms per example\n\n"
+        + (baseline_markdown(report.baseline) + "\n\n" if report.baseline else "")
         + md_table(["class", "precision", "recall", "F1", "support"], rows) + "\n\n## Confusion matrix\n\n" + cm
         + "\n\n## Plots\n\n" + "\n\n".join(plots),
         key=artifact_key("evaluation", role), description=f"Evaluation of the {role}")
     report_stage(f"evaluate {role}", "accuracy %.4f, macro-F1 %.4f (n=%d)", report.accuracy, report.macro_f1, report.n)
+    if report.baseline is not None:
+        report_stage("baseline", report.baseline.summary())
     return report
 
 

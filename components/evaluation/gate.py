@@ -58,6 +58,25 @@ def _floors(candidate: EvaluationReport, policy: GateConfig) -> tuple[bool, list
     return passed, reasons
 
 
+def _baseline(candidate: EvaluationReport, policy: GateConfig) -> tuple[bool, list[str]]:
+    """The candidate's accuracy margin over the classic baseline: enforced only when a minimum is set."""
+    required, comparison = policy.min_margin_over_baseline, candidate.baseline
+    if comparison is None:
+        if required is None:
+            return True, []
+        return False, [f"gate.min_margin_over_baseline is {required:+.4f} but the candidate was not compared with "
+                       "the TF-IDF + LinearSVC baseline; evaluate it with the baseline (evaluate_model baseline=True)"]
+    lo, hi = comparison.margin_ci
+    text = (f"margin over the {comparison.baseline.model} baseline: accuracy {comparison.candidate_accuracy:.4f} vs "
+            f"{comparison.baseline.accuracy:.4f}, margin {comparison.margin:+.4f} "
+            f"({comparison.level:.0%} CI {lo:+.4f}..{hi:+.4f})")
+    if required is None:
+        return True, [text + " (reported only: gate.min_margin_over_baseline is not set)"]
+    ok = comparison.margin >= required - 1e-9  # equal passes: 0.95 - 0.90 is 0.0499999... in floating point
+    return ok, [text + f" {'>=' if ok else '<'} required {required:+.4f}"
+                + ("" if ok else " (the candidate does not beat the classic baseline by the required margin)")]
+
+
 def _compare(candidate: EvaluationReport, champion: EvaluationReport, policy: GateConfig, name: str,
              scope: str) -> tuple[Comparison, list[str]]:
     """Non-inferiority and the per-class recall limit of `candidate` against `champion` on one set."""
@@ -99,7 +118,9 @@ def decide(candidate: EvaluationReport, champion: EvaluationReport | None, polic
     """Decide on `candidate`.
 
     Always: absolute floors on accuracy and macro-F1 on the new test split (a value equal to the floor
-    passes), and the behavioural checks when given (each kind's pass rate equal to the minimum passes).
+    passes); the candidate's accuracy margin over the TF-IDF + LinearSVC baseline, when it was compared with one,
+    is reported, and with `min_margin_over_baseline` set its point estimate must reach that minimum (equal passes;
+    set but no comparison: rejected); and the behavioural checks when given (each kind's pass rate equal to the minimum passes).
     With a champion scored on the same test split: non-inferiority on `policy.metric` by a paired
     bootstrap (lower bound of candidate - champion must exceed -margin), and no class's recall may
     drop by more than `max_class_recall_drop`. McNemar's p-value is reported for information.
@@ -108,6 +129,9 @@ def decide(candidate: EvaluationReport, champion: EvaluationReport | None, polic
     and the new test split decides alone.
     """
     passed, reasons = _floors(candidate, policy)
+    beats_baseline, baseline_reasons = _baseline(candidate, policy)
+    passed &= beats_baseline
+    reasons += baseline_reasons
     if behaviour is not None:
         passed &= behaviour.passed
         reasons += behaviour.reasons()

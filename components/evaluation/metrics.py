@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.evaluation import stats
+from components.evaluation.baseline import BaselineComparison
 from components.package import TextClassifier
 
 REPORT_SCHEMA_VERSION = "1"
@@ -56,6 +57,9 @@ class EvaluationReport(BaseModel):
     y_true: list[str] = Field(default_factory=list, description="True label per test row, in split order.")
     predictions: list[str] = Field(default_factory=list, description="Predicted label per test row, in split order.")
     misclassified: list[Misclassified] = Field(default_factory=list)
+    baseline: BaselineComparison | None = Field(
+        None, description="TF-IDF + LinearSVC fitted on the same training split and scored on these rows, and this "
+        "model's accuracy margin over it (a run's candidate only).")
 
     def headline(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "micro_f1": self.micro_f1, "mcc": self.mcc}

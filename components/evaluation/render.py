@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from components.evaluation.baseline import BaselineComparison
 from components.evaluation.behaviour import BehaviourReport
 from components.evaluation.consistency import ConsistencyReport
 from components.evaluation.gate import GateDecision
@@ -16,6 +17,17 @@ def comparisons_markdown(decision: GateDecision) -> str:
         ["compared on", "rows", "metric", "candidate", "champion", "difference", "lower bound", "verdict"],
         [[c.scope, c.rows, c.metric, f"{c.candidate:.4f}", f"{c.champion:.4f}", f"{c.difference:+.4f}",
           f"{c.lower_bound:+.4f}", "pass" if c.passed else "**FAIL**"] for c in decision.comparisons])
+
+
+def baseline_markdown(comparison: BaselineComparison) -> str:
+    """The candidate against the classic baseline fitted on the same training split, with the margin's interval."""
+    b, (lo, hi) = comparison.baseline, comparison.margin_ci
+    return (f"Against the classic baseline ({b.model}, fitted on the same {b.train_rows} training rows in "
+            f"{b.fit_seconds:.1f} s, scored on the same {b.n} test rows):\n\n"
+            + md_table(["model", "accuracy"], [["this model", f"{comparison.candidate_accuracy:.4f}"],
+                                               [b.model, f"{b.accuracy:.4f} (macro-F1 {b.macro_f1:.4f})"]])
+            + f"\n\nMargin (accuracy, this model minus baseline): **{comparison.margin:+.4f}** "
+              f"({comparison.level:.0%} paired bootstrap CI {lo:+.4f}..{hi:+.4f})")
 
 
 def behaviour_markdown(report: BehaviourReport, max_failures: int = 20) -> str:

@@ -46,14 +46,32 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric: Metric, n_boot: int = 100
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
+def _paired_differences(y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: Metric, n_boot: int,
+                        seed: int) -> np.ndarray:
+    """`metric` of a minus `metric` of b on each of `n_boot` resamples of the same rows."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    return np.array([metric(y[i], a[i]) - metric(y[i], b[i]) for i in idx])
+
+
 def paired_bootstrap_lower_bound(y: np.ndarray, cand: np.ndarray, champ: np.ndarray, metric: Metric,
                                  confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Observed difference (candidate - champion) and its one-sided lower confidence bound."""
     observed = metric(y, cand) - metric(y, champ)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    diffs = np.array([metric(y[i], cand[i]) - metric(y[i], champ[i]) for i in idx])
+    diffs = _paired_differences(y, cand, champ, metric, n_boot, seed)
     return float(observed), float(np.quantile(diffs, 1 - confidence))
+
+
+def paired_bootstrap_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: Metric, n_boot: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Observed difference (a - b, two models' predictions of the same rows `y`) and its two-sided percentile
+    bootstrap interval, resampling rows so both models are scored on the same resample each time."""
+    observed = metric(y, a) - metric(y, b)
+    if len(y) == 0:
+        return float(observed), (0.0, 0.0)
+    diffs = _paired_differences(y, a, b, metric, n_boot, seed)
+    alpha = (1 - level) / 2
+    return float(observed), (float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha)))
 
 
 def wilson_lower_bound(successes: int, n: int, z: float = 1.96) -> float:

@@ -13,7 +13,7 @@ from components.data.split import SplitManifest
 from components.evaluation.gate import GateDecision
 from components.evaluation.metrics import EvaluationReport
 from components.evaluation.reference import REFERENCE_ARTIFACT
-from components.evaluation.render import behaviour_markdown, comparisons_markdown
+from components.evaluation.render import baseline_markdown, behaviour_markdown, comparisons_markdown
 from components.markdown import md_table
 from components.provenance import config_hash, git_commit
 
@@ -55,7 +55,18 @@ def version_tags(config: PipelineConfig, dataset: DatasetRef, manifest: SplitMan
         "metric.accuracy_ci95": "[{:.4f}, {:.4f}]".format(*candidate.accuracy_ci),
         "metric.macro_f1_ci95": "[{:.4f}, {:.4f}]".format(*candidate.macro_f1_ci),
         "fineship.profile": f"runs:/{run_id}/{PROFILE_ARTIFACT}",
+        **baseline_tags(candidate),
     }
+
+
+def baseline_tags(candidate: EvaluationReport) -> dict[str, str]:
+    """Version tags of the candidate's margin over the classic baseline (none when it was not compared)."""
+    b = candidate.baseline
+    if b is None:
+        return {}
+    return {"fineship.baseline_model": b.baseline.model, "metric.baseline_accuracy": f"{b.baseline.accuracy:.4f}",
+            "metric.margin_over_baseline": f"{b.margin:+.4f}",
+            "metric.margin_over_baseline_ci95": "[{:+.4f}, {:+.4f}]".format(*b.margin_ci)}
 
 
 def model_card(config: PipelineConfig, dataset: DatasetRef, report: EvaluationReport, decision: GateDecision,
@@ -72,6 +83,8 @@ def model_card(config: PipelineConfig, dataset: DatasetRef, report: EvaluationRe
     if decision.comparisons:
         comparison += ("\n\n## Non-inferiority, on the new test split and on the champion's frozen reference set\n\n"
                        + comparisons_markdown(decision))
+    if report.baseline is not None:
+        comparison += "\n\n## Against the classic baseline (same splits)\n\n" + baseline_markdown(report.baseline)
     if decision.behaviour is not None:
         comparison += "\n\n## Behavioural checks\n\n" + behaviour_markdown(decision.behaviour)
     ece = report.ece if report.ece is not None else float("nan")

@@ -46,6 +46,19 @@ def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_h
     assert version.tags["fineship.data_fingerprint"] == outcome.dataset.fingerprint
     assert float(version.tags["metric.accuracy"]) == pytest.approx(outcome.candidate.accuracy, abs=1e-4)
     registry = _registry(fineship_home)
+    # the classic baseline was fitted on the same split; its scores and the margin are on the run and the version
+    baseline = outcome.candidate.baseline
+    assert baseline is not None and baseline.baseline.n == outcome.candidate.n
+    metrics = registry.client.get_run(outcome.run_id).data.metrics
+    assert metrics["baseline_test_accuracy"] == pytest.approx(baseline.baseline.accuracy)
+    assert "baseline_test_macro_f1" in metrics
+    assert metrics["candidate_margin_over_baseline"] == pytest.approx(
+        outcome.candidate.accuracy - baseline.baseline.accuracy)
+    assert (metrics["candidate_margin_over_baseline_ci_low"] <= metrics["candidate_margin_over_baseline"]
+            <= metrics["candidate_margin_over_baseline_ci_high"])
+    assert version.tags["metric.margin_over_baseline"] == f"{baseline.margin:+.4f}"
+    assert "Against the classic baseline" in registry.client.get_model_version("e2e-news", "1").description
+    assert any("reported only" in r for r in outcome.decision.reasons)  # unset: reported, never enforced
     artifacts = {f.path for f in registry.client.list_artifacts(outcome.run_id, "validation/data_docs")}
     assert "validation/data_docs/index.html" in artifacts  # GX Data Docs, browsable from the MLflow run
     assert registry.load_run_json(outcome.run_id, "data/profile.json")["rows"] == outcome.dataset.rows
@@ -83,8 +96,10 @@ def test_invalid_data_stops_before_training(prefect_harness, fineship_home, tiny
 def test_gate_rejection_registers_nothing(prefect_harness, fineship_home, tiny_bert):
     from flows.training import training_flow
 
-    with pytest.raises(GateRejected, match="nothing was registered"):
-        training_flow(_config(tiny_bert, **{"gate.min_accuracy": 1.0, "training.max_steps": 3}))
+    # a near-random candidate cannot beat TF-IDF + LinearSVC by 0.5 accuracy: the floors pass, the baseline rejects
+    with pytest.raises(GateRejected, match=r"LinearSVC baseline: accuracy .* < required \+0\.5000") as rejected:
+        training_flow(_config(tiny_bert, **{"gate.min_margin_over_baseline": 0.5, "training.max_steps": 3}))
+    assert "nothing was registered" in str(rejected.value)
     # (the first run may itself hit a cache entry left by an earlier test on the same data)
     before = {name: _cached_task_runs(name) for name in ("check-data", "split-data")}
     published = _artifact_count("split")

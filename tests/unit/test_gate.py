@@ -105,3 +105,55 @@ def test_evaluation_report_has_a_json_schema():
     schema = _report(90).json_schema()
     for field in ("accuracy", "macro_f1", "mcc", "per_class", "confusion_matrix", "accuracy_ci", "ece"):
         assert field in schema["properties"]
+
+
+def _with_baseline(candidate_hits: int, baseline_hits: int, n: int = 100):
+    from components.evaluation.baseline import BaselineReport, compare_to_baseline
+
+    cand = _report(candidate_hits, n)
+    base = _report(baseline_hits, n)
+    fitted = BaselineReport(n=n, train_rows=10, accuracy=base.accuracy, macro_f1=base.macro_f1, fit_seconds=0.1,
+                            predictions=base.predictions)
+    return cand.model_copy(update={"baseline": compare_to_baseline(cand.y_true, cand.predictions, fitted)})
+
+
+def _floorless(**kw):
+    return GateConfig(min_accuracy=0.0, min_macro_f1=0.0, **kw)
+
+
+@pytest.mark.parametrize("required, passed", [(0.05, True), (0.0500001, False), (0.0, True), (-0.1, True)])
+def test_min_margin_over_baseline_both_sides(required, passed):
+    candidate = _with_baseline(95, 90)  # margin +0.05
+    assert candidate.baseline.margin == pytest.approx(0.05)
+    decision = decide(candidate, None, _floorless(min_margin_over_baseline=required))
+    assert decision.passed is passed
+    reason = next(r for r in decision.reasons if "baseline" in r)
+    assert "0.9500 vs 0.9000" in reason and "+0.0500" in reason  # both accuracies and the margin
+
+
+def test_candidate_below_baseline_is_rejected_naming_both_accuracies():
+    decision = decide(_with_baseline(85, 90), None, _floorless(min_margin_over_baseline=0.0))
+    assert not decision.passed
+    assert any("LinearSVC" in r and "0.8500 vs 0.9000" in r and "< required" in r for r in decision.reasons)
+    assert "baseline" in decision.summary()
+
+
+def test_unset_min_margin_reports_but_never_rejects():
+    decision = decide(_with_baseline(50, 100), None, _floorless())
+    assert decision.passed
+    assert any("margin -0.5000" in r and "reported only" in r for r in decision.reasons)
+
+
+def test_no_baseline_comparison():
+    assert not any("baseline" in r for r in decide(_report(90), None, _floorless()).reasons)
+    refused = decide(_report(90), None, _floorless(min_margin_over_baseline=0.0))
+    assert not refused.passed
+    assert any("not compared with the TF-IDF + LinearSVC baseline" in r for r in refused.reasons)
+
+
+def test_min_margin_over_baseline_is_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        GateConfig(min_margin_over_baseline=1.5)
+    assert GateConfig().min_margin_over_baseline is None
