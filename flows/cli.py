@@ -122,17 +122,6 @@ def _run(cfg, deploy: bool, console) -> None:
         summary["links"]["mlflow_version"] = f"{ui}/#/models/{reg.name}/versions/{reg.version}"
     if os.environ.get("PREFECT_UI_URL"):
         summary["links"]["prefect_runs"] = f"{os.environ['PREFECT_UI_URL']}/runs"
-    if not console.json_mode:
-        console.out.print("")
-        console.out.print("[bold]fineship run complete[/]")
-        console.row("MLflow run", f"{outcome.run_id}  (tracking: {settings.mlflow_tracking_uri})")
-        console.row("test accuracy", f"{cand.accuracy:.4f}   macro-F1: {cand.macro_f1:.4f}   (n={cand.n})")
-        console.row("gate", outcome.decision.summary())
-        console.row("registered model", f"{reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
-        if "mlflow_version" in summary["links"]:
-            console.row("MLflow UI", summary["links"]["mlflow_version"])
-        if "prefect_runs" in summary["links"]:
-            console.row("Prefect UI", summary["links"]["prefect_runs"])
     if deploy and cfg.deploy.target != "none" and "champion" in reg.aliases:
         try:
             record = deployment_flow(DeployRequest(
@@ -140,17 +129,32 @@ def _run(cfg, deploy: bool, console) -> None:
                 endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host, port=cfg.deploy.port,
                 smoke_texts=cfg.deploy.smoke_texts))
         except FineshipError as err:
-            console.fail(err, 4)
+            console.fail(err, 4, f"deploying {reg.name} v{reg.version} (registered; any endpoint already running keeps serving)")
         summary["endpoint"] = _endpoint_summary(record, outcome.smoke_texts[0])
     elif deploy and cfg.deploy.target != "none":
         summary["awaits_review"] = True
     if console.json_mode:
         console.emit_json(summary)
-        return
+    else:
+        _print_run_summary(console, summary, outcome.decision.summary())
+
+
+def _print_run_summary(console, summary: dict, gate: str) -> None:
+    reg, test = summary["registered"], summary["test"]
+    console.out.print("")
+    console.out.print("[bold]fineship run complete[/]")
+    console.row("MLflow run", f"{summary['mlflow_run_id']}  (tracking: {summary['tracking_uri']})")
+    console.row("test accuracy", f"{test['accuracy']:.4f}   macro-F1: {test['macro_f1']:.4f}   (n={test['n']})")
+    console.row("gate", gate)
+    console.row("registered model", f"{reg['name']} version {reg['version']} (aliases: {', '.join(reg['aliases'])})")
+    if "mlflow_version" in summary["links"]:
+        console.row("MLflow UI", summary["links"]["mlflow_version"])
+    if "prefect_runs" in summary["links"]:
+        console.row("Prefect UI", summary["links"]["prefect_runs"])
     if summary.get("awaits_review"):
-        console.row("not deployed", f"v{reg.version} awaits review; approve it with")
-        console.row("", f"fineship approve {reg.name} {reg.version}   (signs it with your reviewer key)")
-        console.row("", f"then: fineship deploy --model {reg.name} --version {reg.version}")
+        console.row("not deployed", f"v{reg['version']} awaits review; approve it with")
+        console.row("", f"fineship approve {reg['name']} {reg['version']}   (signs it with your reviewer key)")
+        console.row("", f"then: fineship deploy --model {reg['name']} --version {reg['version']}")
     if summary["endpoint"]:
         ep = summary["endpoint"]
         console.row("endpoint", f"{ep['url']}/invocations  (pid {ep['pid']})")

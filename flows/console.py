@@ -123,7 +123,8 @@ class CommandConsole:
         self.out.file.flush()
 
     def row(self, label: str, value: str) -> None:
-        self.out.print(f"  {label + ':':<19}{escape(value)}", highlight=False, soft_wrap=True)
+        """One summary line: `label:` in a column, or a continuation of the line above when `label` is empty."""
+        self.out.print(f"  {label + ':' if label else '':<19}{escape(value)}", highlight=False, soft_wrap=True)
 
 
 class _StageHandler(logging.Handler):

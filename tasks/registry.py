@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.utilities.urls import url_for
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
@@ -54,8 +55,11 @@ def start_training_run(registry: MlflowRegistry, config: PipelineConfig, dataset
     run_id = registry.start_run(config.registry.experiment, run_name=f"train-{config.registry.model_name}",
                                 tags=run_tags(config, dataset, str(flow_run.get_id() or "")))
     registry.log_dict(run_id, config.model_dump(mode="json"), "config.json")
-    if flow_run.ui_url:
-        registry.set_tags(run_id, {"fineship.prefect_flow_run_url": flow_run.ui_url})
+    # url_for, not flow_run.ui_url: the latter formats PREFECT_UI_URL even when unset ("None/flow-runs/...")
+    # and uses a route the Prefect UI does not have; url_for derives the UI from the API URL.
+    ui_url = url_for("flow-run", obj_id=flow_run.get_id()) if flow_run.get_id() else None
+    if ui_url:
+        registry.set_tags(run_id, {"fineship.prefect_flow_run_url": ui_url})
     run_url = registry.run_url(run_id, mlflow_ui_url)
     if run_url:
         create_link_artifact(run_url, link_text=f"MLflow run {run_id[:8]}", key="mlflow-run")

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NOISE = ("Finished in state", "LOAD REPORT", "UserWarning", "Add type hints", "Loading weights", "View run",
          "prefect.task_runs", "httpx")
-STAGES = ["load", "validate", "split", "labels", "train", "evaluate candidate", "gate", "package", "register",
-          "promote", "signature", "deploy"]
+STAGES = ["load", "validate", "split", "labels", "train", "evaluate candidate", "baseline", "gate", "package",
+          "register", "promote", "signature", "deploy"]
 
 
 def _settings(tiny_bert: Path) -> list[str]:
@@ -131,6 +131,11 @@ def test_json_reports_a_run_for_scripts(cli, fineship_home, tiny_bert):
     assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in doc["stages"])
     assert Path(doc["log"]).is_file() and doc["endpoint"] is None
     assert re.search(r"[✓!] train ", r.stderr)  # the person still sees the stages
+    from components.registry.mlflow_registry import MlflowRegistry
+    from flows.settings import Settings
+
+    tags = MlflowRegistry(Settings().mlflow_tracking_uri).client.get_run(doc["mlflow_run_id"]).data.tags
+    assert re.fullmatch(r"https?://[^/]+/.*runs/flow-run/[0-9a-f-]{36}", tags["fineship.prefect_flow_run_url"])
 
     bad = cli("run", "--config", "ci", "--data", str(SAMPLE), *_settings(tiny_bert), "--set", "data.max_chars=40",
               "--json")
@@ -138,3 +143,21 @@ def test_json_reports_a_run_for_scripts(cli, fineship_home, tiny_bert):
     doc = json.loads(bad.stdout)
     assert doc["ok"] is False and doc["failed_at"] == "stage validate" and doc["error_type"] == "DataValidationError"
     assert "text_length" in doc["error"] and "outside 1..40" not in bad.stderr  # once: in the document
+
+
+def test_a_refused_deployment_prints_its_reason_once(cli, fineship_home, tiny_package):
+    from components.registry.mlflow_registry import MlflowRegistry
+    from flows.settings import Settings
+
+    registry = MlflowRegistry(Settings().mlflow_tracking_uri)
+    run_id = registry.start_run("cli", "unreviewed")
+    registry.log_and_register(run_id, tiny_package, "unreviewed", ["hello"], ["torch==2.13.0"],
+                              {"fineship.gate": "passed"})
+    r = cli("deploy", "--model", "unreviewed", "--version", "1", "--port", "0")
+    assert r.exit_code == 4, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("deploy failed") and "has no signed approval" in lines[0], r.stderr
+    assert "fineship approve unreviewed 1" in lines[0]  # what to do
+    assert len(lines) == 2 and lines[1].strip().startswith("full log: "), r.stderr  # the reason, once; the log
+    assert "has no signed approval" not in r.stdout and "Traceback" not in r.output
+    assert "Traceback" in Path(lines[1].split("full log:")[1].strip()).read_text()  # the details are kept
