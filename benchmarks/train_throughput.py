@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/train_throughput.py [--datasets sms-spam,bbc-news] [--epochs 2]
 
+The Hugging Face `Trainer` is the peer a user would actually pick (`hf_trainer_run`: dynamic padding,
+length-grouped sampling, bf16 where fineship's `auto` picks it, fineship's learning-rate recipe).
 The tutorial loop is what the notebooks this project grew from do: tokenise everything padded
 to max_length=128, a shuffled DataLoader of fixed-shape batches, plain Adam (constant 5e-5), fp32,
 no schedule, no clipping. fineship's trainer runs with its defaults (dynamic padding,
@@ -13,7 +15,8 @@ held-out subset. samples/s counts training examples over the training loop's wal
 (evaluation excluded); samples per CPU-second over the process's CPU time.
 
 Per dataset the last line is
-RESULT dataset=<d> speedup=<fineship samples/s / tutorial samples/s> tutorial_acc=<a> fineship_acc=<b>.
+RESULT dataset=<d> speedup=<fineship/tutorial samples/s> vs_hf=<fineship/Trainer samples/s> tutorial_acc=<a>
+hf_acc=<h> fineship_acc=<b>.
 Targets (issue 4): speedup >= 3 on SMS Spam and >= 1.3 on BBC News, at equal or better accuracy.
 The results replace the "Training throughput" section of docs/benchmarks.md.
 """
@@ -132,6 +135,49 @@ def fineship_run(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], epo
             "load": (load_before + load_after) / 2, "precision_used": trained.precision}
 
 
+def hf_trainer_run(model_path: str, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], epochs: int,
+                   bf16: bool) -> dict[str, float]:
+    """The peer a user would pick: `transformers.Trainer` at its best settings here. DataCollatorWithPadding
+    (dynamic padding), length-grouped sampling, bf16 where the CPU has it (the precision fineship's `auto` chose),
+    and fineship's recipe: AdamW peaking at FINESHIP_LR, 10% warm-up, linear decay, clipping at 1.0, same batch
+    size and epochs; no evaluation or checkpoint during training."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(labels))
+    label_id = {name: i for i, name in enumerate(labels)}
+    enc = tokenizer(train.text.tolist(), truncation=True, max_length=MAX_LENGTH)  # unpadded: the collator pads
+    data = [{"input_ids": ids, "attention_mask": mask, "labels": label_id[y]}
+            for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], train.label)]  # a map-style dataset
+    with tempfile.TemporaryDirectory() as tmp:
+        arguments = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=epochs,
+            learning_rate=FINESHIP_LR, warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0,
+            train_sampling_strategy="group_by_length", bf16=bf16, use_cpu=not torch.cuda.is_available(),
+            save_strategy="no", eval_strategy="no", report_to=[], logging_strategy="no", seed=SEED,
+            dataloader_num_workers=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=arguments, train_dataset=data,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        loads, start, cpu_start = [load_average()], time.perf_counter(), time.process_time()
+        trainer.train()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        loads.append(load_average())
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(test), 32):
+            enc = tokenizer(test.text.tolist()[i:i + 32], padding=True, truncation=True, max_length=MAX_LENGTH,
+                            return_tensors="pt")
+            preds.append(model(**enc).logits.argmax(-1))
+    acc = float((torch.cat(preds).numpy() == np.array([label_id[y] for y in test.label])).mean())
+    seen = len(train) * epochs
+    return {"samples_per_second": seen / seconds, "train_seconds": seconds, "accuracy": acc,
+            "samples_per_cpu_second": seen / cpu_seconds, "load": float(np.mean(loads))}
+
+
 def main() -> None:
     import torch
     import transformers
@@ -166,6 +212,10 @@ def main() -> None:
         runs[f"fineship (defaults: precision auto = {auto['precision_used']})"] = auto
         print("fineship done", auto, flush=True)
         runs["fineship (precision fp32)"] = fineship_run(train, test, labels, epochs, "fp32", args.threads)
+        bf16 = auto["precision_used"] == "bf16"
+        hf = hf_trainer_run(model_path, train, test, labels, epochs, bf16)
+        runs[f"HF Trainer (dynamic padding, group_by_length, {'bf16' if bf16 else 'fp32'})"] = hf
+        print("HF Trainer done", hf, flush=True)
         tutorial = next(iter(runs.values()))
         print(f"{'run':<50} {'samples/s':>10} {'per CPU-s':>10} {'train s':>9} {'accuracy':>9} {'load avg':>9}")
         for run, r in runs.items():
@@ -177,7 +227,9 @@ def main() -> None:
                         f"{r['samples_per_cpu_second'] / tutorial['samples_per_cpu_second']:.2f}x | "
                         f"{r['train_seconds']:.0f} | {r['accuracy']:.4f} | {r['load']:.2f} |")
         speedup = auto["samples_per_second"] / tutorial["samples_per_second"]
-        results.add(f"RESULT dataset={name} speedup={speedup:.2f} tutorial_acc={tutorial['accuracy']:.4f} "
+        results.add(f"RESULT dataset={name} speedup={speedup:.2f} "
+                    f"vs_hf={auto['samples_per_second'] / hf['samples_per_second']:.2f} "
+                    f"tutorial_acc={tutorial['accuracy']:.4f} hf_acc={hf['accuracy']:.4f} "
                     f"fineship_acc={auto['accuracy']:.4f}")
     if not args.no_write:
         command = (f".venv/bin/python benchmarks/train_throughput.py --datasets {args.datasets}"
