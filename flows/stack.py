@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from components.postgres import PostgresError
-from components.procs import pid_alive, terminate_group
+from components.procs import pid_alive, port_in_use, terminate_group
 from flows import stack_db
 from flows.settings import Settings
 from flows.stack_db import DbKind, StackDb
@@ -158,11 +157,6 @@ def _mlflow_auth_config(home: Path, username: str) -> Path:
     return ini
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _healthy(url: str) -> bool:
     return _status(url) == 200
 
@@ -275,7 +269,7 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, deployments: bool = Tr
     if auth:
         _require_mlflow_auth_extra()
     for port, what in ((prefect_port, "Prefect"), (mlflow_port, "MLflow")):
-        if not _port_free(port):
+        if port_in_use(port):
             raise typer.BadParameter(f"port {port} for {what} is taken by another process; free it or pass "
                                      f"--{what.lower()}-port")
     settings = Settings()

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from components.postgres import (SUPERUSER, LocalCluster, PostgresError, ServerAddress, cluster_user,
                                  ensure_databases, find_bin_dir, new_password, parse_server_url, read_pgpass,
                                  write_pgpass)
-from components.procs import free_port
+from components.procs import free_port, port_in_use
 
 DATABASES = ("mlflow", "prefect")
 
@@ -153,7 +153,7 @@ def _start_cluster(home: Path) -> Backends:
     running = cluster.status()
     started = running is None
     if running is None:
-        port = kept[0] if kept and kept[0] and _free(kept[0]) else free_port()  # the same port when it is free
+        port = kept[0] if kept and kept[0] and not port_in_use(kept[0]) else free_port()  # the same port when it is free
         running = (cluster.start(port), port)
     pid, port = running
     server = ServerAddress("127.0.0.1", port)
@@ -169,13 +169,6 @@ def _start_cluster(home: Path) -> Backends:
     backends = _on_postgres(db, server, passfile)
     backends.cluster_pid, backends.cluster_log = pid, str(cluster.log_file)
     return backends
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def stop(home: Path) -> bool:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.errors import DeploymentError, DeploymentStepError
-from components.procs import free_port, pid_alive, terminate_group
+from components.procs import free_port, pid_alive, port_in_use, terminate_group
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +72,6 @@ class SmokeResult(BaseModel):
     agreed: int
     predictions: list[dict]
     seconds: float
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
 
 
 def _record_path(state_dir: Path, name: str) -> Path:
@@ -129,7 +122,7 @@ def _spawn(package_dir: str | Path, name: str, state: Path, host: str, port: int
     ready to take over `host:port` (not yet answering there)."""
     state.mkdir(parents=True, exist_ok=True)
     admin = free_port("127.0.0.1") if standby else None
-    if not standby and _port_in_use(host, port):
+    if not standby and port_in_use(port, host):
         raise DeploymentError(f"port {port} on {host} is taken by another process; set deploy.port to a free port "
                               "(0 picks one)")
     log_file = state / f"{name}.log"

@@ -8,7 +8,6 @@ line by line to this module's logger.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,12 @@ import yaml
 
 from components.config import TrainingConfig
 from components.errors import TrainingError
+from components.procs import free_port
 from components.training.trainer import TrainedModel, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 143
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def torchrun_command(nproc: int, module_args: list[str], python: str = sys.executable, nnodes: int = 1,
