@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from components.errors import FineshipError
+from components.files import write_private
 from components.procs import pid_alive, terminate_group
 
 SUPERUSER = "fineship"
@@ -144,17 +145,6 @@ def _blocked_at(path: Path, user: RunAs) -> Path | None:
     return None
 
 
-def _write_private(path: Path, text: str, owner: RunAs | None = None) -> None:
-    """Write `text` to `path` readable by its owner only (0600 from creation, replaced atomically)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)
-    if owner is not None:
-        os.chown(tmp, owner.uid, owner.gid)
-    os.replace(tmp, path)
-
-
 def _pgpass_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -163,7 +153,7 @@ def write_pgpass(path: Path, server: ServerAddress, password: str) -> Path:
     """Keep `password` for `server`'s user in a libpq password file (mode 0600) at `path`."""
     fields = [server.host, str(server.port), "*", server.user, password]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, ":".join(_pgpass_field(f) for f in fields) + "\n")
+    write_private(path, ":".join(_pgpass_field(f) for f in fields) + "\n")
     return path
 
 
@@ -235,7 +225,7 @@ class LocalCluster:
         """Create the cluster with the superuser `fineship` whose password is `password`."""
         self.prepare_root()
         pwfile = self.root / ".initdb-password"
-        _write_private(pwfile, password + "\n", owner=self.run_as)
+        write_private(pwfile, password + "\n", owner=(self.run_as.uid, self.run_as.gid) if self.run_as else None)
         try:
             done = self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}",
                              "--auth=scram-sha-256", "-E", "UTF8", "--no-locale")

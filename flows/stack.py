@@ -28,6 +28,7 @@ import typer
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from components.files import write_private
 from components.postgres import PostgresError
 from components.procs import pid_alive, port_in_use, terminate_group
 from flows import stack_db
@@ -97,15 +98,6 @@ def _credentials_file(home: Path) -> Path:
     return home / "stack" / "credentials.json"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by its owner only (0600 from creation, replaced atomically)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
 def _read_credentials(path: Path) -> StackCredentials | None:
     return StackCredentials.model_validate_json(path.read_text()) if path.is_file() else None
 
@@ -132,7 +124,7 @@ def save_credentials(home: Path, creds: StackCredentials) -> Path:
     """Keep `creds` in the credentials file (mode 0600) for the next start, the worker and the CLI."""
     path = _credentials_file(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
+    write_private(path, json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
                                      for k, v in creds}, indent=2))
     return path
 
