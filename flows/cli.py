@@ -163,7 +163,7 @@ def _print_run_summary(console, summary: dict, gate: str) -> None:
         console.row("stop the endpoint", f"fineship endpoint stop {ep['name']}")
         if os.environ.get("PREFECT_UI_URL"):
             console.row("the stack", "Prefect, MLflow and the endpoint keep running; stop everything with: make down")
-    console.row("full log", str(console.log_path) if console.log_path else "above (--verbose)")
+    console.row("full log", console.where_logged())
 
 
 def _endpoint_summary(record, sample: str) -> dict:
@@ -297,7 +297,7 @@ def _print_deployment(result, out) -> None:
     from components.deploy.sagemaker import DeploymentPlan, SageMakerDeploymentRecord
 
     if isinstance(result, DeploymentPlan):
-        out.print(result.render(dry_run=True), markup=False, highlight=False)
+        out.print(result.render(dry_run=True), markup=False)
         out.print(f"dry run: {len(result.mutating_calls)} changing calls planned, none made", markup=False)
     elif isinstance(result, SageMakerDeploymentRecord):
         lines = [f"{result.model_name} v{result.model_version} serving on SageMaker endpoint {result.endpoint_name} "
@@ -306,10 +306,10 @@ def _print_deployment(result, out) -> None:
                  + (f" (previous {result.previous_config}, kept for rollback)" if result.previous_config else ""),
                  f"  smoke test:      {result.smoke.agreed}/{result.smoke.n} predictions equal the registered model's",
                  f"  status:          fineship endpoint status {result.endpoint_name}"]
-        out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+        out.print("\n".join(lines), markup=False)
     else:
         out.print(f"{result.model_name} v{result.model_version} serving at {result.url} (pid {result.pid})",
-                  markup=False, highlight=False, soft_wrap=True)
+                  markup=False)
 
 
 ByOpt = typer.Option(..., "--by", help="Reviewer name recorded on the version.")

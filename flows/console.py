@@ -95,11 +95,11 @@ class CommandConsole:
         self.stages.append(event)
         mark, colour = MARKS.get(event.outcome, ("·", "white"))
         seconds = f"{event.seconds:6.1f}s" if event.seconds is not None else " " * 7
-        self.lines.print(f"[{colour}]{mark}[/] [bold]{escape(event.stage):<18}[/] {seconds}  {escape(event.figure)}",
-                         highlight=False, soft_wrap=True)
+        self.lines.print(f"[{colour}]{mark}[/] [bold]{escape(event.stage):<18}[/] {seconds}  {escape(event.figure)}")
 
     def where_logged(self) -> str:
-        return f"full log: {self.log_path}" if self.log_path else "full log: above (--verbose)"
+        """Where the command's full log is, as the summary and the error say it."""
+        return str(self.log_path) if self.log_path else "above (--verbose)"
 
     def fail(self, err: BaseException, code: int, what: str | None = None) -> NoReturn:
         """Print the error once (what failed, why and what to do are in the message) and exit with `code`."""
@@ -112,7 +112,7 @@ class CommandConsole:
                             "error_type": type(err).__name__})
         else:
             self.err.print(f"[red bold]{escape(headline)}[/]: {escape(message)}")
-            self.err.print(f"  {escape(self.where_logged())}", style="dim")
+            self.err.print(f"  full log: {escape(self.where_logged())}", style="dim")
         raise typer.Exit(code)
 
     def emit_json(self, payload: dict[str, Any]) -> None:
@@ -124,7 +124,7 @@ class CommandConsole:
 
     def row(self, label: str, value: str) -> None:
         """One summary line: `label:` in a column, or a continuation of the line above when `label` is empty."""
-        self.out.print(f"  {label + ':' if label else '':<19}{escape(value)}", highlight=False, soft_wrap=True)
+        self.out.print(f"  {label + ':' if label else '':<19}{escape(value)}")
 
 
 class _StageHandler(logging.Handler):

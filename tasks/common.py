@@ -3,6 +3,7 @@ one line per stage that a person reads (`report_stage`)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any, Literal
@@ -36,7 +37,7 @@ def report_stage(stage: str, figure: str, *args: Any, outcome: str = "ok") -> St
     started = ctx.task_run.start_time if ctx is not None and ctx.task_run is not None else None
     seconds = max(time.time() - started.timestamp(), 0.0) if started is not None else None
     event = StageEvent(stage=stage, outcome=outcome, seconds=seconds, figure=text)
-    level = 30 if outcome in ("warning", "rejected", "failed") else 20
+    level = logging.WARNING if outcome in ("warning", "rejected", "failed") else logging.INFO
     get_run_logger().log(level, "%s: %s", stage, text, extra={STAGE_RECORD: event})
     return event
 
