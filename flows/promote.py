@@ -24,6 +24,9 @@ from flows.settings import Settings
 from tasks.common import artifact_key
 
 
+FORM_POLL_SECONDS = 2  # how soon the paused flow sees the reviewer's Resume (Prefect's default: 10 s); one API read each
+
+
 class ApprovalForm(RunInput):
     """What the reviewer fills in (rendered as a form by the Prefect UI)."""
 
@@ -48,7 +51,7 @@ def promote_flow(model_name: str = DEFAULT_MODEL_NAME, version: str = "1", timeo
                              key=artifact_key("review", model_name), description="Evidence for the reviewer")
     decision = pause_flow_run(
         wait_for_input=ApprovalForm.with_initial_data(description=f"Approve {model_name} v{version}?"),
-        timeout=int(timeout_hours * 3600))
+        timeout=int(timeout_hours * 3600), poll_interval=FORM_POLL_SECONDS)
     if decision.approve:
         if not decision.signature.strip():
             raise RegistryError("an approval needs your signature: run `fineship approve "
