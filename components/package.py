@@ -1,9 +1,9 @@
 """The model package: the one model format fineship writes, registers, serves and ships.
 
 A package is a directory holding the Hugging Face `save_pretrained` files (config, safetensors
-weights, tokenizer) plus `fineship.json` (label order, max length, padding side, format
-version). A plain Hugging Face classifier directory without `fineship.json` loads too, with
-labels from its config's `id2label`.
+weights, tokenizer) plus `fineship.json` (label order, max length, padding side, how long texts are
+read, format version). A plain Hugging Face classifier directory without `fineship.json` loads too,
+with labels from its config's `id2label`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.errors import ModelPackageError
+from components.long_text import (
+    DEFAULT_MAX_WINDOWS,
+    Windows,
+    aggregate_logits,
+    check_strategy,
+    encode_windows,
+    pad_windows,
+)
 
 log = logging.getLogger(__name__)
 
 PACKAGE_FILE = "fineship.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Newest format this fineship reads. A package is written with the oldest version that holds it (see
+`format_for`), so a package that reads long texts as fineship always did still loads in older releases."""
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 
@@ -39,6 +49,26 @@ class PackageMeta(BaseModel):
                                     "'strip' (leading and trailing whitespace) or 'none'. See `preprocess`.")
     base_model: str | None = None
     created_at: float = Field(default_factory=time.time)
+    long_text: str = Field(default="truncate", description="How a text longer than max_length is read: "
+                           "'truncate', 'head_tail' or 'chunks' (see `components.long_text`); format 2.")
+    long_text_stride: int | None = Field(default=None, ge=0, description="chunks: tokens consecutive windows "
+                                         "share; unset: a quarter of max_length.")
+    max_windows: int = Field(default=DEFAULT_MAX_WINDOWS, ge=1, description="chunks: most windows read per text.")
+
+
+def format_for(meta: PackageMeta) -> int:
+    """The oldest package format that holds `meta`: 1 unless it reads long texts other than by truncating."""
+    return 1 if meta.long_text == "truncate" else 2
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], meta: PackageMeta) -> Windows:
+    """The texts as model inputs under the package's preprocessing and long-text strategy.
+
+    The one place texts become token ids: training encodes with it and every prediction path goes through
+    `TextClassifier.logits`, which calls it; a document's logits are then `aggregate_logits` of its windows.
+    """
+    return encode_windows(tokenizer, preprocess(texts, meta), meta.long_text, meta.max_length,
+                          meta.long_text_stride, meta.max_windows)
 
 
 def _keep(text: str) -> str:
@@ -110,6 +140,7 @@ def save_package(model: Any, tokenizer: Any, out_dir: str | Path, meta: PackageM
     model.config.label2id = {label: i for i, label in enumerate(meta.labels)}
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    meta = meta.model_copy(update={"format_version": format_for(meta)})
     (out / PACKAGE_FILE).write_text(meta.model_dump_json(indent=2), encoding="utf-8")
     missing = check_package(out)
     if missing:
@@ -128,6 +159,7 @@ def read_meta(path: str | Path) -> PackageMeta:
                 f"{f} has format version {meta.format_version}; this fineship reads up to {FORMAT_VERSION}: upgrade fineship"
             )
         preprocess((), meta)  # an unknown mode fails here, when the package loads, not on its first text
+        check_strategy(meta.long_text)
         return meta
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
@@ -169,9 +201,15 @@ class TextClassifier:
         self.labels = list(meta.labels)
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Raw logits, shape (len(texts), n_labels), computed in length-sorted batches."""
+        """Raw logits, shape (len(texts), n_labels), computed in length-sorted batches of `batch_size` rows.
+
+        Under the package's `long_text` strategy 'head_tail' or 'chunks' the rows are the texts' windows
+        (`encode_texts`), and a text's logits are the mean of its windows' (`aggregate_logits`).
+        """
         import torch
 
+        if self.meta.long_text != "truncate":
+            return self._window_logits(texts, batch_size)
         texts = preprocess(texts, self.meta)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -185,8 +223,26 @@ class TextClassifier:
                 out[idx] = self._forward(enc)
         return out
 
+    def _window_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        windows = encode_texts(self.tokenizer, texts, self.meta)
+        if not windows.n_docs:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        rows = windows.input_ids
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                idx = order[start:start + batch_size]
+                ids, mask = pad_windows([rows[i] for i in idx], self.tokenizer.pad_token_id, self.meta.padding_side)
+                enc = {"input_ids": torch.from_numpy(ids).to(self.device),
+                       "attention_mask": torch.from_numpy(mask).to(self.device)}
+                out[idx] = self._forward(enc)
+        return aggregate_logits(out, windows.doc_index, windows.n_docs)
+
     def _forward(self, enc: Any) -> np.ndarray:
-        """Logits of one tokenised batch (a `BatchEncoding` of tensors); exported backends override this."""
+        """Logits of one tokenised batch (`input_ids` and `attention_mask` tensors); exported backends override this."""
         return forward_logits(self.model, enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
