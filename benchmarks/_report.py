@@ -45,6 +45,38 @@ def write_section(title: str, body: str) -> Path:
     return DOC
 
 
+def bar_chart(name: str, title: str, groups: dict[str, dict[str, float]], unit: str,
+              second: tuple[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """Write docs/img/<name>.png: grouped bars, one group per key of `groups` (a dataset), one bar per run inside
+    it, labelled with its value; `second` = (unit, groups) adds a panel beside it (p99 latency next to req/s).
+    Returns the Markdown that shows it, relative to docs/benchmarks.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(unit, groups)] + ([second] if second else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (label, data) in zip(axes[0], panels):
+        runs = list(dict.fromkeys(run for values in data.values() for run in values))
+        width = 0.8 / max(len(runs), 1)
+        for k, run in enumerate(runs):
+            xs = [g + k * width for g in range(len(data))]
+            ys = [values.get(run, 0.0) for values in data.values()]
+            bars = ax.bar(xs, ys, width, label=run)
+            ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
+        ax.set_xticks([g + width * (len(runs) - 1) / 2 for g in range(len(data))], list(data))
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=1, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    img = DOC.parent / "img" / f"{name}.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"![{title}](img/{img.name})"
+
+
 class Results:
     """A benchmark's RESULT lines: each printed to stdout when it is known (so a benchmark's last stdout lines
     are its RESULT lines), then all of them written below the body of its docs/benchmarks.md section."""

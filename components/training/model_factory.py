@@ -48,7 +48,11 @@ def position_ids_from_mask(attention_mask: Any) -> Any:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def build_model(name: str, labels: list[str]) -> tuple[Any, Any]:
+# Attention-dropout settings by config attribute, for the architectures fineship fine-tunes.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def build_model(name: str, labels: list[str], attention_dropout: float | None = None) -> tuple[Any, Any]:
     """Load tokenizer and `AutoModelForSequenceClassification` with a fresh head for `labels`.
 
     Decoder-only models (GPT-2 and kin) get their end-of-text token as pad token and right
@@ -56,7 +60,7 @@ def build_model(name: str, labels: list[str]) -> tuple[Any, Any]:
     the default position ids of the real tokens are right, so a package serves correctly
     without position ids (the trainer passes them anyway, which makes either side exact).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_model_path(name)
     try:
@@ -69,11 +73,17 @@ def build_model(name: str, labels: list[str]) -> tuple[Any, Any]:
             raise TrainingError(f"the tokenizer of {path!r} has no pad and no end-of-text token; add a pad token")
         tokenizer.pad_token = tokenizer.eos_token
     try:
+        config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                            label2id={label: i for i, label in enumerate(labels)})
+        if attention_dropout is not None:
+            # Without dropout on the attention probabilities, scaled_dot_product_attention runs its fused kernel
+            # instead of materialising and masking the probabilities (measured: docs/benchmarks.md).
+            for key in ATTENTION_DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, attention_dropout)
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+            config=config,
             ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as err:

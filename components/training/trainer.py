@@ -30,9 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.config import TrainingConfig
 from components.errors import TrainingError
-from components.package import PackageMeta, preprocess, resolve_device, save_package
+from components.long_text import Windows, aggregate_logits, default_stride
+from components.package import PackageMeta, encode_texts, resolve_device, save_package
 from components.progress import bar_stream
-from components.training.batching import collate, count_batches, epoch_batches, length_grouped_batches  # noqa: F401
+from components.training.batching import (  # noqa: F401
+    batches_per_epoch,
+    collate,
+    count_batches,
+    epoch_batches,
+    length_grouped_batches,
+)
 from components.training.checkpoint import (
     clean_temporary,
     data_digest,
@@ -123,6 +130,18 @@ def resolve_precision(preference: str, device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def _adamw(params: list[dict[str, Any]], lr: float, device: str) -> Any:
+    """AdamW with its fused kernel where this torch has one for `device` (one kernel per step instead of a dozen
+    per parameter tensor: measured faster on CPU, docs/benchmarks.md), else torch's default implementation."""
+    import torch
+
+    try:
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError) as err:  # a device or dtype without the fused kernel
+        log.info("fused AdamW unavailable on %s (%s); using the default implementation", device, err)
+        return torch.optim.AdamW(params, lr=lr)
+
+
 def configure_threads(cfg: TrainingConfig, ctx: DistContext) -> int:
     """Set torch's intra-op (and optionally inter-op) threads; returns the intra-op count."""
     import torch
@@ -142,7 +161,8 @@ def configure_threads(cfg: TrainingConfig, ctx: DistContext) -> int:
 # Fields that shape the trajectory: a checkpoint made with other values cannot be resumed exactly.
 _TRAJECTORY_FIELDS = ("model", "max_length", "batch_size", "gradient_accumulation_steps", "learning_rate",
                       "weight_decay", "warmup_ratio", "epochs", "max_steps", "max_grad_norm", "eval_every_steps",
-                      "early_stopping_patience", "seed", "precision")
+                      "early_stopping_patience", "seed", "precision", "long_text", "long_text_stride", "max_windows",
+                      "batch_tokens", "attention_dropout")
 
 
 @contextlib.contextmanager
@@ -189,28 +209,36 @@ class _Loop:
 
 
 def _evaluate(model: Any, enc: list[list[int]], y: list[int], pad_id: int, padding_side: str, device: str,
-              batch_size: int, positions: bool, bf16: bool, ctx: DistContext) -> dict[str, float]:
-    """Validation loss, accuracy and macro-F1; under torchrun each process scores a share and they pool."""
+              batch_size: int, positions: bool, bf16: bool, ctx: DistContext,
+              doc_index: Sequence[int] | None = None) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 of documents; under torchrun each process scores a share and they pool.
+
+    `enc` holds the model inputs and `doc_index` the document (in `y`) of each (None: one input per document).
+    A document's logits are the mean of its inputs' (`aggregate_logits`), as when the package predicts; the
+    loss is the cross-entropy of those logits.
+    """
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
     model.eval()
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))[ctx.rank::ctx.world_size]
-    scored: list[tuple[int, int]] = []
-    total_loss = 0.0
+    scored: list[tuple[int, list[float]]] = []
     with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(order), batch_size * 2):
             ids = order[start:start + batch_size * 2]
-            out = model(**collate(enc, ids, y, pad_id, padding_side, device, positions))
-            total_loss += float(out.loss) * len(ids)
-            scored.extend(zip(ids, out.logits.argmax(-1).cpu().tolist()))
+            out = model(**collate(enc, ids, None, pad_id, padding_side, device, positions))
+            scored.extend(zip(ids, out.logits.float().cpu().tolist()))
     model.train()
-    pooled = all_gather_objects(ctx, (scored, total_loss))
-    preds = np.zeros(len(enc), dtype=np.int64)
-    for part, _ in pooled:
-        for i, p in part:
-            preds[i] = p
-    loss = sum(total for _, total in pooled) / len(enc)
+    rows: dict[int, list[float]] = {}
+    for part in all_gather_objects(ctx, scored):
+        rows.update(part)
+    window_logits = np.array([rows[i] for i in range(len(enc))], dtype=np.float32)
+    logits = aggregate_logits(window_logits, range(len(enc)) if doc_index is None else doc_index, len(y))
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(y)), y].mean())
+    preds = logits.argmax(axis=1)
     return {"val_loss": loss, "val_accuracy": float(accuracy_score(y, preds)),
             "val_macro_f1": float(f1_score(y, preds, average="macro", zero_division=0))}
 
@@ -306,34 +334,38 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
         device = f"cuda:{ctx.local_rank}"
     precision = resolve_precision(cfg.precision, device)
     bf16 = precision == "bf16"
-    model, tokenizer = build_model(cfg.model, labels)
+    model, tokenizer = build_model(cfg.model, labels, cfg.attention_dropout)
     model.to(device).train()
     if ctx.distributed:  # same head initialisation on every process (above), different dropout masks (here)
         torch.manual_seed(cfg.seed + ctx.rank)
     padding_side = tokenizer.padding_side
     # The package this run writes: its text_preprocessing is applied here as the server will apply it.
     meta = PackageMeta(labels=labels, max_length=cfg.max_length, padding_side=padding_side,
-                       base_model=cfg.model)
+                       base_model=cfg.model, long_text=cfg.long_text, max_windows=cfg.max_windows,
+                       long_text_stride=default_stride(cfg.max_length) if cfg.long_text_stride is None
+                       else cfg.long_text_stride)
     pad_id = tokenizer.pad_token_id
     positions = is_decoder_only(model.config)
     label_ids = {name: i for i, name in enumerate(labels)}
 
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        if not len(texts):  # fast tokenizers fail on an empty batch
-            return []
-        return tokenizer(preprocess(texts, meta), truncation=True, max_length=cfg.max_length)["input_ids"]
+    def encode(texts: Sequence[str]) -> Windows:
+        """Model inputs as the package will read them: one per text, or its windows under long_text chunks."""
+        return encode_texts(tokenizer, texts, meta)
 
-    enc_train, y_train = encode(train_texts), [label_ids[y] for y in train_labels]
-    enc_val, y_val = encode(val_texts), [label_ids[y] for y in val_labels if y in label_ids]
-    if len(y_val) != len(enc_val):
+    # Under chunks every window is a training example with its text's label; validation scores texts.
+    win_train, win_val = encode(train_texts), encode(val_texts)
+    enc_train, y_train = win_train.input_ids, [label_ids[train_labels[d]] for d in win_train.doc_index]
+    enc_val, y_val = win_val.input_ids, [label_ids[y] for y in val_labels if y in label_ids]
+    if len(y_val) != len(val_texts):
         raise TrainingError("the validation split holds labels outside the label set")
     lengths = [len(e) for e in enc_train]
 
     world = ctx.world_size
     per_step = world * cfg.gradient_accumulation_steps  # global batches per optimizer step
-    n_global = count_batches(len(lengths), cfg.batch_size, world)  # the same every epoch
-    steps_per_epoch = math.ceil(n_global / per_step)
-    total_steps = cfg.epochs * steps_per_epoch
+    epoch_counts = batches_per_epoch(lengths, cfg.batch_size, random.Random(cfg.seed), cfg.epochs, world,
+                                     cfg.batch_tokens)  # global batches of each epoch, as drawn below
+    total_steps = sum(math.ceil(n / per_step) for n in epoch_counts)
+    steps_per_epoch = total_steps / cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm", "ln_")
@@ -342,7 +374,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
          "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    optimizer = _adamw(params, cfg.learning_rate, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     fingerprint = {**{k: getattr(cfg, k) for k in _TRAJECTORY_FIELDS}, "precision": precision,  # as resolved
@@ -378,7 +410,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
             _rng_restore(ckpt.rng, ckpt.state["rng"], ctx)
             resumed_from, resumed_done = loop.step, loop.done
             log.info("resumed from %s: epoch %d, batch %d of %d, step %d", ckpt.path, loop.epoch + 1, loop.pos,
-                     n_global, loop.step)
+                     epoch_counts[min(loop.epoch, cfg.epochs - 1)], loop.step)
 
     net = model
     if ctx.distributed:
@@ -410,7 +442,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
                                     "train_loss": loop.since_eval_loss / max(loop.since_eval_n, 1)}
         if enc_val:
             record.update(_evaluate(model, enc_val, y_val, pad_id, padding_side, device, cfg.batch_size, positions,
-                                    bf16, ctx))
+                                    bf16, ctx, doc_index=win_val.doc_index))
         loop.history.append(record)
         loop.since_eval_loss, loop.since_eval_n, loop.last_eval_step = 0.0, 0, loop.step
         loop.eval_seconds += time.perf_counter() - t0
@@ -441,7 +473,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     with _stop_on(stop_signals) as stop:
         while not loop.done and loop.epoch < cfg.epochs and loop.step < total_steps:
             order_rng.setstate(_rng_tuple(loop.order_rng))
-            batches = epoch_batches(lengths, cfg.batch_size, order_rng, world)
+            batches = epoch_batches(lengths, cfg.batch_size, order_rng, world, cfg.batch_tokens)
             while loop.pos < len(batches) and loop.step < total_steps:
                 mine = batches[loop.pos:loop.pos + per_step][ctx.rank::world]
                 loss_sum, n_examples = 0.0, 0

@@ -58,6 +58,48 @@ def test_gradient_accumulation_makes_fewer_larger_steps(tiny_bert, data, tmp_pat
     assert trained.history[-1]["epoch"] == 1.0
 
 
+def test_a_token_budget_makes_batches_of_short_texts_larger_and_covers_every_example(tiny_bert, data, tmp_path):
+    import random
+
+    from components.training.batching import batches_per_epoch, epoch_batches
+
+    lengths = [5] * 60 + [40] * 20 + [12] * 80
+    rng = random.Random(3)
+    counts = batches_per_epoch(lengths, 16, rng, epochs=2, batch_tokens=160)
+    for count in counts:
+        batches = epoch_batches(lengths, 16, rng, batch_tokens=160)
+        assert len(batches) == count  # what the schedule was planned on is what training draws
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) * max(lengths[i] for i in b) <= 160 for b in batches)
+        assert max(len(b) for b in batches) == 32 and min(len(b) for b in batches) <= 4  # 160 // 5, 160 // 40
+    # One long row over the budget still makes a batch of one.
+    assert epoch_batches([500, 3], 16, random.Random(0), batch_tokens=100)[0] in ([0], [1])
+
+    fixed = _train(data, _cfg(tiny_bert, epochs=1), tmp_path / "fixed")
+    budget = _train(data, _cfg(tiny_bert, epochs=1, batch_tokens=48 * 32), tmp_path / "budget")
+    assert budget.steps < fixed.steps  # sample texts are shorter than max_length: more rows per batch
+    assert budget.history[-1]["epoch"] == 1.0
+
+
+def test_attention_dropout_is_set_on_the_model_and_the_optimizer_is_fused(tiny_bert, data, tmp_path, monkeypatch):
+    import torch
+
+    from components.training.model_factory import build_model
+
+    assert build_model(str(tiny_bert), LABELS, 0.0)[0].config.attention_probs_dropout_prob == 0.0
+    assert build_model(str(tiny_bert), LABELS, None)[0].config.attention_probs_dropout_prob == 0.1  # the model's own
+    made = []
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    _train(data, _cfg(tiny_bert, max_steps=2), tmp_path / "pkg")
+    assert made[0].defaults["fused"] is True
+
+
 def test_bf16_autocast_trains(tiny_bert, data, tmp_path):
     trained = _train(data, _cfg(tiny_bert, precision="bf16", max_steps=6), tmp_path / "pkg")
     assert trained.precision == "bf16"
