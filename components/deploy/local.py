@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.errors import DeploymentError, DeploymentStepError
+from components.monitoring.capture import local_capture_dir
 from components.procs import free_port, pid_alive, port_in_use, terminate_group
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class DeploymentRecord(BaseModel):
     host: str = "127.0.0.1"
     port: int
     log_file: str | None = None
+    backend: str = Field("auto", description="What the server runs: a variant, or auto (the package's recorded "
+                         "choice, see components/export/choice.py).")
     deployed_at: float = Field(default_factory=time.time)
 
 
@@ -62,6 +65,8 @@ class LocalTarget(BaseModel):
     state_dir: str = Field(description="Directory of the endpoints' records and logs.")
     host: str = "127.0.0.1"
     port: int = 0
+    capture_percent: float = Field(0, ge=0, le=100, description="Data capture for `fineship monitor`; 0: off.")
+    capture_max_mb: int = Field(100, ge=1, description="Total size of the endpoint's capture files.")
 
 
 class SmokeResult(BaseModel):
@@ -117,7 +122,8 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, l
 
 
 def _spawn(package_dir: str | Path, name: str, state: Path, host: str, port: int, model_name: str | None,
-           model_version: str | None, standby: bool = False, timeout: float = 180) -> DeploymentRecord:
+           model_version: str | None, standby: bool = False, timeout: float = 180,
+           capture: tuple[float, int] = (0, 100), backend: str = "auto") -> DeploymentRecord:
     """Start a server process and wait until `/ping` answers 200; with `standby`, on a private loopback port,
     ready to take over `host:port` (not yet answering there)."""
     state.mkdir(parents=True, exist_ok=True)
@@ -127,7 +133,11 @@ def _spawn(package_dir: str | Path, name: str, state: Path, host: str, port: int
                               "(0 picks one)")
     log_file = state / f"{name}.log"
     cmd = [sys.executable, "-m", "components.serving", "--model-dir", str(Path(package_dir).resolve()),
-           "--host", host, "--port", str(admin or port)] + (["--standby-port", str(port)] if standby else [])
+           "--host", host, "--port", str(admin or port), "--backend", backend] \
+        + (["--standby-port", str(port)] if standby else [])
+    if capture[0] > 0:  # (percent, max MB): sampled requests and answers for `fineship monitor`
+        cmd += ["--capture-dir", str(local_capture_dir(state, name)), "--capture-percent", str(capture[0]),
+                "--capture-max-mb", str(capture[1])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                        os.environ.get("PYTHONPATH")]))}
     with open(log_file, "ab") as out:
@@ -141,7 +151,7 @@ def _spawn(package_dir: str | Path, name: str, state: Path, host: str, port: int
         raise
     return DeploymentRecord(endpoint_name=name, url=url, admin_url=admin_url, model_name=model_name,
                             model_version=model_version, package_dir=str(Path(package_dir).resolve()), pid=proc.pid,
-                            host=host, port=port, log_file=str(log_file))
+                            host=host, port=port, log_file=str(log_file), backend=backend)
 
 
 def start_endpoint(package_dir: str | Path, name: str, state_dir: str | Path, host: str = "127.0.0.1",
@@ -225,13 +235,15 @@ def _hand_over(green: DeploymentRecord, blue: DeploymentRecord, timeout: float =
 
 
 def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, version: str,
-                 texts: Sequence[str], expected: Sequence[str]) -> tuple[DeploymentRecord, SmokeResult]:
+                 texts: Sequence[str], expected: Sequence[str],
+                 backend: str = "auto") -> tuple[DeploymentRecord, SmokeResult]:
     """Deploy `package_dir` on the target's endpoint, blue/green when a version already serves there.
 
     The new version starts beside the old one on a private loopback port, passes its health check and
     the smoke test there, then takes over the endpoint's port; only then does the old one stop. A new
     version that fails to load or disagrees is stopped and the old one never stopped answering. Raises
-    `DeploymentStepError` naming the step that failed (`START`, `SMOKE` or `HANDOVER`).
+    `DeploymentStepError` naming the step that failed (`START`, `SMOKE` or `HANDOVER`). `backend` is what
+    the server runs (`components.serving.backends`); `expected` must be that backend's predictions.
     """
     if not texts:
         raise DeploymentStepError("no smoke-test texts: the version has no input example; pass smoke_texts", START)
@@ -242,7 +254,7 @@ def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, 
     step, green = START, None
     try:
         green = _spawn(package_dir, target.endpoint_name, state, target.host, port, model_name, version,
-                       standby=live)
+                       standby=live, capture=(target.capture_percent, target.capture_max_mb), backend=backend)
         step = SMOKE
         smoke = smoke_test(green.admin_url or green.url, texts, expected)
         if live:

@@ -4,7 +4,8 @@ Layout (what the SageMaker PyTorch inference container expects when `SAGEMAKER_P
 `inference.py` and `SAGEMAKER_SUBMIT_DIRECTORY` is `/opt/ml/model/code`)::
 
     config.json, model.safetensors, tokenizer files, fineship.json   the model package, unchanged
-    export/<kind>/...                                               TorchScript/ONNX exports, when present
+    export/<kind>/...                                               serving variants that passed their gate
+    export/variants.json                                            the variant report and the chosen backend
     code/inference.py                                               components/serving/inference.py
     code/components/...                                             the fineship modules it imports
     code/requirements.txt                                           pinned runtime libraries
@@ -15,6 +16,12 @@ Layout (what the SageMaker PyTorch inference container expects when `SAGEMAKER_P
 fineship to be installed from an index. The archive is deterministic (sorted entries, zero
 mtimes and owners, gzip without a timestamp): the same package gives the same bytes, so its
 SHA-256 can name the S3 object and a re-upload of identical content can be skipped.
+
+Exports are not among the approved files: the deployment builds them from the verified package files
+(`components.export.variants`) and each is pinned to those weights by hash (`runtime.load_export`).
+When the package has a variant report, only the variants that passed its gate go in, and the handler
+serves the recorded choice (`FINESHIP_BACKEND` overrides it); onnxruntime joins the requirements when
+an ONNX variant ships.
 
 With `expected_files` (the approval signature's file digests), every package file is hashed as it is
 written into the tar, from the very bytes that go in, so what ships is what was approved: a changed,
@@ -35,6 +42,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from components.errors import DeploymentError, DeploymentStepError
+from components.export.choice import REPORT_FILE, read_report
 from components.provenance import pinned_requirements
 
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
@@ -48,6 +56,7 @@ SIGNATURE_FILE = "fineship.signature.json"
 # local predictions (and the smoke test's expectations) were computed with. torch is not pinned:
 # the official image ships it, and a pin would pull a multi-GB wheel at every container start.
 RUNTIME_PACKAGES = ("transformers", "tokenizers", "safetensors", "pydantic")
+ONNX_RUNTIME_PACKAGES = ("onnxruntime",)  # added when an ONNX variant ships
 
 
 class ModelArchive(BaseModel):
@@ -62,11 +71,13 @@ class ModelArchive(BaseModel):
     members: list[str]
     has_export: bool
     requirements: list[str]
+    backend: str | None = None  # the backend recorded in export/variants.json (the handler's default)
 
 
-def runtime_requirements() -> list[str]:
-    """`code/requirements.txt` lines: each runtime library pinned to the installed version."""
-    return pinned_requirements(RUNTIME_PACKAGES)
+def runtime_requirements(onnx: bool = False) -> list[str]:
+    """`code/requirements.txt` lines: each runtime library pinned to the installed version (with `onnx`,
+    ONNX Runtime too)."""
+    return pinned_requirements(RUNTIME_PACKAGES + (ONNX_RUNTIME_PACKAGES if onnx else ()))
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -119,10 +130,22 @@ def find_export_dir(package_dir: str | Path) -> Path | None:
 
 
 def package_files(package_dir: str | Path) -> list[tuple[str, Path]]:
-    """(archive name, file) for every file of the package, its `export/` directory included."""
+    """(archive name, file) for every file of the package, its `export/` directory included; with a variant
+    report there, only the variants that passed the gate (and the report)."""
     root = Path(package_dir)
+    report = read_report(root)
+    shipped = None if report is None else {v.name for v in report.passed()}
+
+    def ships(name: str) -> bool:
+        if name.startswith(f"{CODE_DIR}/"):
+            return False
+        if shipped is None or not name.startswith(f"{EXPORT_DIR}/"):
+            return True
+        parts = name.split("/")
+        return name == f"{EXPORT_DIR}/{REPORT_FILE}" or (len(parts) > 2 and parts[1] in shipped)
+
     return [(f.relative_to(root).as_posix(), f) for f in sorted(root.rglob("*"))
-            if f.is_file() and not f.relative_to(root).as_posix().startswith("code/")]
+            if f.is_file() and ships(f.relative_to(root).as_posix())]
 
 
 def package_size_bytes(package_dir: str | Path) -> int:
@@ -170,7 +193,9 @@ def build_model_archive(package_dir: str | Path, out_path: str | Path, manifest:
     files = package_files(package_dir)
     if not files:
         raise DeploymentError(f"{package_dir} holds no files to package")
-    requirements = runtime_requirements()
+    report = read_report(package_dir)
+    onnx = any(name.startswith(f"{EXPORT_DIR}/onnx") for name, _ in files)
+    requirements = runtime_requirements(onnx)
     entries: list[tuple[str, bytes]] = []
     for name, f in files:
         data = f.read_bytes()  # read once: the bytes checked are the bytes written
@@ -202,4 +227,4 @@ def build_model_archive(package_dir: str | Path, out_path: str | Path, manifest:
     return ModelArchive(path=str(out), sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob),
                         unpacked_bytes=sum(len(d) for _, d in entries), members=[n for n, _ in entries],
                         has_export=any(n.startswith(f"{EXPORT_DIR}/") for n, _ in entries),
-                        requirements=requirements)
+                        requirements=requirements, backend=report.chosen if report is not None else None)

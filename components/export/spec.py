@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.export.parity import LatencyRow, ParityReport
 
-EXPORT_KINDS = ("torchscript", "onnx")
+EXPORT_KINDS = ("torchscript", "onnx", "onnx-int8")
 EXPORT_ROOT = "export"
 SPEC_FILE = "export.json"
 RESULT_FILE = "parity.json"
-MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx-int8": "model.onnx"}
 
 
 class ExportSpec(BaseModel):
@@ -25,7 +25,7 @@ class ExportSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["torchscript", "onnx"]
+    kind: Literal["torchscript", "onnx", "onnx-int8"]
     file: str = Field(description="Model file name inside the export directory.")
     exporter: str = Field(description="What produced the file, e.g. torch.jit.trace.")
     input_names: list[str] = ["input_ids", "attention_mask"]
@@ -47,7 +47,7 @@ class ExportResult(BaseModel):
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
-    kind: Literal["torchscript", "onnx"]
+    kind: Literal["torchscript", "onnx", "onnx-int8"]
     path: str = Field(description="The exported model file.")
     parity: ParityReport
     latency: list[LatencyRow] = Field(default_factory=list)

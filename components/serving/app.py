@@ -16,10 +16,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from components.monitoring.capture import CaptureOptions, CaptureWriter
 from components.package import TextClassifier, preprocess
 from components.serving.backends import load_backend
 from components.serving.batcher import MicroBatcher, PredictionFailed, QueueFull, plan_batches
-from components.serving.handler import RequestError, format_response, negotiate, parse_request
+from components.serving.handler import JSON, RequestError, format_response, negotiate, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class ServerOptions(BaseModel):
     # A micro-batch is cut into forward passes of similar token length (see `plan_batches`): one pass
     # costs about this many token positions of fixed overhead. 0 turns the cut off (one padded pass).
     pass_overhead_tokens: float = 16.0
+    max_batch_tokens: int | None = None  # at most this many padded token positions per pass (None: no limit)
     head_timeout: float = 30.0  # seconds for a request's headers to arrive (uvicorn has no such limit)
     body_timeout: float = 30.0  # seconds for a request's body to arrive once its headers have (answers 408)
+    capture: CaptureOptions | None = None  # data capture for `fineship monitor` (components/monitoring/capture.py)
 
 
 def _error(status: int, message: str, close: bool = False) -> JSONResponse:
@@ -86,7 +89,7 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
 def create_app(model_dir: str | Path | None = None, options: ServerOptions = ServerOptions(),
                classifier: TextClassifier | None = None) -> Starlette:
     """Build the app; the model loads in the background and `/ping` answers 200 once it is ready."""
-    state: dict[str, Any] = {"clf": classifier, "batcher": None, "error": None}
+    state: dict[str, Any] = {"clf": classifier, "batcher": None, "error": None, "capture": None}
 
     def _load() -> None:
         if options.torch_threads:
@@ -104,7 +107,7 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
         lengths = [len(ids) for ids in clf.tokenizer(preprocess(texts, clf.meta), truncation=True,
                                                      max_length=clf.meta.max_length)["input_ids"]]
         preds: list = [None] * len(texts)
-        for run in plan_batches(lengths, options.max_batch, options.pass_overhead_tokens):
+        for run in plan_batches(lengths, options.max_batch, options.pass_overhead_tokens, options.max_batch_tokens):
             for i, p in zip(run, clf.predict([texts[i] for i in run], top_k=options.top_k, batch_size=len(run))):
                 preds[i] = p
         return preds
@@ -114,6 +117,9 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
         batcher = MicroBatcher(_predict, options.max_batch, options.max_wait_ms, options.max_queue)
         batcher.start()
         state["batcher"] = batcher
+        if options.capture is not None and options.capture.percent > 0:
+            state["capture"] = CaptureWriter(options.capture)
+            state["capture"].start()
         loader = None
         if state["clf"] is None:
             async def load() -> None:
@@ -129,6 +135,8 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
         if loader:
             loader.cancel()
         await batcher.stop()
+        if state["capture"] is not None:
+            await asyncio.to_thread(state["capture"].close)
 
     async def ping(request: Request) -> Response:
         if state["clf"] is not None:
@@ -154,7 +162,11 @@ def create_app(model_dir: str | Path | None = None, options: ServerOptions = Ser
             return _error(503, "server is at capacity; retry with backoff")
         except PredictionFailed as err:
             return _error(500, f"{err}; the server log has the details")
-        return Response(format_response(preds, accept), media_type=accept)
+        answer = format_response(preds, accept)
+        capture = state["capture"]
+        if capture is not None and capture.sampled():  # queued for a writer thread: never delays the answer
+            capture.submit(body, request.headers.get("content-type") or JSON, answer, accept)
+        return Response(answer, media_type=accept)
 
     page = TRY_IT_PAGE.read_bytes()
 

@@ -125,13 +125,17 @@ class MicroBatcher:
             job.future.set_exception(PredictionFailed(f"the model failed on this request's {len(job.texts)} texts"))
 
 
-def plan_batches(lengths: Sequence[int], max_batch: int, overhead_tokens: float = 16.0) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_batch: int, overhead_tokens: float = 16.0,
+                 max_batch_tokens: int | None = None) -> list[list[int]]:
     """Split texts of token `lengths` into forward passes of similar length, at least cost.
 
     A forward pass over n texts padded to length L costs about `overhead_tokens + n * L` token
     positions (the overhead is the fixed cost of one pass, in tokens). Sorted by length, the cheapest
     split into contiguous runs of at most `max_batch` texts is found exactly (dynamic programming,
-    O(n * max_batch)). Returns lists of indices into `lengths`, shortest texts first.
+    O(n * max_batch)). With `max_batch_tokens`, a pass also holds at most that many padded token
+    positions (n * L; a single text longer than that still gets its own pass): long texts then go in
+    smaller passes, whose attention matrices stay in cache. Returns lists of indices into `lengths`,
+    shortest texts first.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     n = len(order)
@@ -140,6 +144,8 @@ def plan_batches(lengths: Sequence[int], max_batch: int, overhead_tokens: float 
     for j in range(1, n + 1):
         longest = lengths[order[j - 1]]  # the run order[i:j] is padded to its last (longest) text
         for i in range(max(0, j - max_batch), j):
+            if max_batch_tokens is not None and j - i > 1 and (j - i) * longest > max_batch_tokens:
+                continue
             cost = best[i] + overhead_tokens + (j - i) * longest
             if cost < best[j]:
                 best[j], cut[j] = cost, i

@@ -52,8 +52,9 @@ def _client_error(err: RequestError) -> InferenceRequestError:
 def model_fn(model_dir: str, context: Any = None) -> TextClassifier:
     """Load the model package that SageMaker extracted into `model_dir` (its `code/` folder is ignored).
 
-    The environment variable `FINESHIP_BACKEND` (torchscript or onnx; default eager) serves the
-    package's parity-checked export instead of the eager model.
+    Serves the backend the deployment chose and recorded in the archive (`export/variants.json`: the
+    fastest variant that passed its gate), eager when none is recorded; the environment variable
+    `FINESHIP_BACKEND` overrides it with another variant that passed.
     """
     clf = load_backend(model_dir, backend_from_env())
     log.info("fineship model_fn: %d labels from %s on %s", len(clf.labels), model_dir, clf.device)
