@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from components.config import PipelineConfig
 from components.data.io import DatasetRef
 from components.data.profile import DataProfile
+from components.monitoring.reference import record_reference
 from components.package import load_package
 from components.provenance import pinned_requirements
 from components.registry.metric_buffer import OutageSettings, is_transient, with_retries
@@ -122,8 +123,10 @@ def find_champion(registry: MlflowRegistry, model_name: str) -> Champion:
 def register_model(registry: MlflowRegistry, package_dir: str, name: str, run_id: str, input_example: list[str],
                    tags: dict[str, str], card: str, mlflow_ui_url: str | None = None,
                    idempotency_key: str | None = None) -> RegisteredVersion:
-    """Log the model card and the package to the run and register it with alias `challenger` (once per key)."""
+    """Log the model card, the monitoring profile and the package to the run and register it with alias
+    `challenger` (once per key)."""
     registry.log_text(run_id, card, CARD_ARTIFACT)
+    record_reference(registry, run_id, package_dir)  # the profile `fineship monitor` compares live traffic with
     version = registry.log_and_register(run_id, package_dir, name, input_example, pinned_requirements(PYFUNC_PACKAGES),
                                         tags, card, aliases=("challenger",), idempotency_key=idempotency_key)
     create_markdown_artifact(

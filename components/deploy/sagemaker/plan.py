@@ -148,6 +148,11 @@ def resource_tags(endpoint_name: str, model_name: str, version: str, git_commit:
     return [{"Key": TAG_PREFIX + k, "Value": str(v)[:256]} for k, v in tags.items()]
 
 
+def capture_destination(bucket: str, prefix: str, endpoint_name: str) -> str:
+    """Where an endpoint's DataCaptureConfig writes (and `fineship monitor --capture sagemaker` reads)."""
+    return f"s3://{bucket}/{prefix.strip('/')}/data-capture/{endpoint_name}"
+
+
 def _deployment_config(o: SageMakerOptions, rollback_alarms: Sequence[str]) -> dict[str, Any]:
     routing: dict[str, Any] = {"Type": o.strategy.upper(), "WaitIntervalInSeconds": o.wait_interval_seconds}
     if o.strategy == "canary":
@@ -226,7 +231,7 @@ def plan_deployment(target: SageMakerTarget, archive: ModelArchive, state: Endpo
     if o.data_capture_percent is not None:
         config_params["DataCaptureConfig"] = {
             "EnableCapture": True, "InitialSamplingPercentage": o.data_capture_percent,
-            "DestinationS3Uri": f"s3://{target.bucket}/{target.prefix.strip('/')}/data-capture/{target.endpoint_name}",
+            "DestinationS3Uri": capture_destination(target.bucket, target.prefix, target.endpoint_name),
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
             "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
     calls.append(PlannedCall(step=CREATE_CONFIG, service="sagemaker", operation="CreateEndpointConfig",
