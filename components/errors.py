@@ -45,6 +45,10 @@ class TrainingError(FineshipError):
     """Training could not run or produced an unusable model."""
 
 
+class TuningError(FineshipError):
+    """A hyperparameter search could not run or found no usable trial."""
+
+
 class GateRejected(FineshipError):
     """The evaluation gate refused the candidate model."""
 
@@ -121,3 +125,11 @@ class ExportError(FineshipError):
     def __init__(self, message: str, result: object | None = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class MonitoringError(FineshipError):
+    """Live traffic could not be compared with a version's profile (no profile stored, unreadable capture)."""
+
+
+class BatchPredictionError(FineshipError):
+    """Batch prediction of a file could not run or was refused (input, output, resume state, transform job)."""

@@ -108,6 +108,31 @@ def _processes_per_host(hyperparameters: Mapping[str, str]) -> int:
         return 1
 
 
+def print_objective_metrics(result_json: Path) -> None:
+    """Print `fineship-metric <name>=<value>` for each validation metric at the kept evaluation: the last value a
+    SageMaker tuning job's metric definitions parse, so its objective is the model this job keeps."""
+    from components.training.trainer import TrainedModel
+    from components.tuning.sagemaker_tuning import METRICS, metric_line
+    from components.tuning.trial import objective_value
+
+    trained = TrainedModel.model_validate_json(result_json.read_text(encoding="utf-8"))
+    for name in METRICS:
+        value = objective_value(trained.history, trained.best_step, name)
+        if value is not None:
+            print(metric_line(name, value), flush=True)
+
+
+def checkpoint_dir(env: SageMakerEnv, environ: Mapping[str, str] | None = None) -> Path:
+    """Where this job checkpoints. The training jobs of one tuning job share its CheckpointConfig (one S3 prefix),
+    so each of them (SageMaker passes `_tuning_objective_metric` to tuning jobs' trainings) keeps its checkpoints
+    in a folder named after the job, which a spot restart of that same job finds again; a plain job uses the root,
+    so a new job on the same checkpoint URI resumes as SageMaker documents."""
+    job = (os.environ if environ is None else environ).get("TRAINING_JOB_NAME", "")
+    if "_tuning_objective_metric" in env.hyperparameters and job:
+        return env.checkpoint_dir / job
+    return env.checkpoint_dir
+
+
 def main(environ: Mapping[str, str] | None = None) -> int:
     """Train as a SageMaker job would; an exit code (0 done, 1 failed, 143 stopped by SIGTERM)."""
     from components.training.cli import run
@@ -132,12 +157,15 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             sys.stderr.flush()
             os.execv(cmd[0], cmd)  # torchrun takes this process's place, and so receives SageMaker's SIGTERM
         overrides = config_overrides(env.hyperparameters) + [
-            "training.backend=local", "training.processes=1", f"training.checkpoint_dir={env.checkpoint_dir}"]
+            "training.backend=local", "training.processes=1", f"training.checkpoint_dir={checkpoint_dir(env)}"]
         config = load_config(None, overrides)
         train_dir = env.channel(_TRAIN_CHANNELS, required=True)
         val_dir = env.channel(_VALIDATION_CHANNELS, required=False)
         log.info("channels: train %s, validation %s; model to %s", train_dir, val_dir, env.model_dir)
-        return run(config, train_dir, val_dir, env.model_dir, env.output_data_dir / "result.json", progress=False)
+        code = run(config, train_dir, val_dir, env.model_dir, env.output_data_dir / "result.json", progress=False)
+        if code == 0 and rank == "0":
+            print_objective_metrics(env.output_data_dir / "result.json")
+        return code
     except (FineshipError, ValueError) as err:
         log.error("%s", err)
         if rank == "0":

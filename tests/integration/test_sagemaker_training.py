@@ -204,3 +204,18 @@ def test_the_launcher_runs_a_job_and_brings_back_the_package(moto_endpoint, tmp_
     assert trained.steps == 12 and trained.history and "ml.m5.xlarge" in trained.device
     clf = load_package(trained.package_dir, device="cpu")
     assert {p.label for p in clf.predict(["The striker scored twice."])} <= set(LABELS)
+
+
+def test_each_training_job_of_a_tuning_job_checkpoints_in_its_own_folder(tmp_path):
+    from components.training.sagemaker_entry import checkpoint_dir
+
+    plain = SageMakerEnv(root=tmp_path, hyperparameters={"training.epochs": "2"}, channels={}, model_dir=tmp_path,
+                         output_data_dir=tmp_path, checkpoint_dir=tmp_path / "checkpoints")
+    tuned = SageMakerEnv(root=tmp_path, hyperparameters={"_tuning_objective_metric": "val_macro_f1"}, channels={},
+                         model_dir=tmp_path, output_data_dir=tmp_path, checkpoint_dir=tmp_path / "checkpoints")
+    job = {"TRAINING_JOB_NAME": "tune-abc-003-1f2e"}
+    # Jobs of one tuning job share its checkpoint URI: each resumes only its own checkpoints.
+    assert checkpoint_dir(tuned, job) == tmp_path / "checkpoints" / "tune-abc-003-1f2e"
+    # A plain job keeps the documented behaviour: a new job on the same URI resumes the previous one's checkpoints.
+    assert checkpoint_dir(plain, job) == tmp_path / "checkpoints"
+    assert checkpoint_dir(tuned, {}) == tmp_path / "checkpoints"
