@@ -23,11 +23,15 @@ install: $(STAMP)
 
 ## Set up, start the local stack, and run the whole pipeline on the sample data with the embedded model.
 ## The stack (Prefect UI, MLflow UI, endpoint) stays up for exploring; `make down` stops it.
-## The demo turns on the operator policy FINESHIP_AUTO_PROMOTE: a candidate that passes the gate is promoted and
-## deployed with the pipeline's own signature, without a reviewer (for the demo's stack and run only).
+## The demo turns on the operator policy FINESHIP_AUTO_PROMOTE for its home (written to <home>/operator.env, so
+## `fineship deploy` and `fineship predict` accept its pipeline-signed champion afterwards): a candidate that passes
+## the gate is promoted and deployed with the pipeline's own signature, without a reviewer.
 demo: export FINESHIP_AUTO_PROMOTE := true
-demo: $(STAMP) up
-	@echo "demo: operator policy FINESHIP_AUTO_PROMOTE=true (a gated candidate is promoted and deployed without a reviewer)"
+demo: $(STAMP)
+	@home="$${FINESHIP_HOME:-.fineship}"; mkdir -p "$$home"; \
+	  grep -qsx 'FINESHIP_AUTO_PROMOTE=true' "$$home/operator.env" || echo 'FINESHIP_AUTO_PROMOTE=true' >> "$$home/operator.env"; \
+	  echo "demo: operator policy FINESHIP_AUTO_PROMOTE=true in $$home/operator.env (a gated candidate is promoted and deployed without a reviewer; delete the line to require reviewers)"
+	$(MAKE) --no-print-directory up
 	$(BIN)/fineship run --config flows/configs/demo.yaml
 
 ## Start the local stack: Prefect server + process work pool + worker, MLflow server (127.0.0.1).

@@ -23,10 +23,16 @@ app.add_typer(reviewer_app, name="reviewer")
 
 def _add_stack_commands() -> None:
     from flows.cli_models import models_app
+    from flows.cli_monitor import monitor_command
+    from flows.cli_predict import predict
+    from flows.cli_tune import tune
     from flows.stack import stack_app
 
+    app.command("tune")(tune)
     app.add_typer(stack_app, name="stack")
     app.add_typer(models_app, name="models")
+    app.command("monitor")(monitor_command)
+    app.command("predict")(predict)
 
 
 _add_stack_commands()
@@ -127,7 +133,9 @@ def _run(cfg, deploy: bool, console) -> None:
             record = deployment_flow(DeployRequest(
                 model_name=reg.name, version=reg.version, target=cfg.deploy.target,
                 endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host, port=cfg.deploy.port,
-                smoke_texts=cfg.deploy.smoke_texts))
+                smoke_texts=cfg.deploy.smoke_texts, capture_percent=cfg.deploy.capture_percent,
+                capture_max_mb=cfg.deploy.capture_max_mb, backend=cfg.deploy.backend,
+                variants=list(cfg.deploy.variants)))
         except FineshipError as err:
             console.fail(err, 4, f"deploying {reg.name} v{reg.version} (registered; any endpoint already running keeps serving)")
         summary["endpoint"] = _endpoint_summary(record, outcome.smoke_texts[0])
@@ -260,6 +268,8 @@ def deploy(
                                      "(same as --set sagemaker.torchscript=true)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="sagemaker: print every AWS call the deployment would make "
                                  "and change nothing."),
+    backend: str = typer.Option("auto", "--backend", help="What serves: auto (the fastest variant that passed its "
+                                "gate on the version's test split), eager, torchscript, onnx, onnx-int8 or bf16."),
     set_: list[str] = typer.Option([], "--set", "-s", help="sagemaker: an option as sagemaker.field=value "
                                    "(repeatable), e.g. sagemaker.instance_type=ml.c5.xlarge, "
                                    "sagemaker.serverless_memory_mb=2048, sagemaker.strategy=canary; the fields are "
@@ -279,7 +289,8 @@ def deploy(
         _fail(err, 2)
     try:
         request = DeployRequest(model_name=model, version=version, alias=alias, target=target,
-                                endpoint_name=endpoint_name, port=port, dry_run=dry_run, sagemaker=options)
+                                endpoint_name=endpoint_name, port=port, dry_run=dry_run, sagemaker=options,
+                                backend=backend)
     except ValidationError as err:
         _fail(FineshipError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
                                       for e in err.errors())), 2)
@@ -531,6 +542,7 @@ def endpoint_delete(name: str = typer.Argument(..., help="Endpoint name."),
 
 
 def main() -> None:  # pragma: no cover - console entry
+    prepare_env()  # before anything imports Prefect, which reads its settings (API URL, home) once, at import
     from flows.console import own_process
 
     own_process()

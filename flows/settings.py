@@ -1,19 +1,24 @@
 """Where a run happens: environment settings with the `FINESHIP_` prefix.
 
-Defaults are the embedded stack: MLflow in a SQLite file and artifacts under `./.fineship/`.
+Defaults are the embedded stack: MLflow in a SQLite file and artifacts under `./.fineship/`. The operator
+may also keep settings in `<home>/operator.env` (`FINESHIP_NAME=value` lines, the environment wins): the
+policy of that home, for every command run against it (`make demo` writes the demo's auto-promotion there).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-
 from typing import Any
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from components.aws import AwsSettings
 from components.registry.review import ReviewPolicy
+
+
+OPERATOR_FILE = "operator.env"
 
 
 class Settings(BaseSettings):
@@ -52,6 +57,17 @@ class Settings(BaseSettings):
                                                 "<aws_project>-<aws_environment>, the stack's default EndpointName.")
     rollback_alarms: list[str] | None = Field(None, description="CloudWatch alarms a blue/green update rolls back on; "
                                               "unset: the stack's 5xx and latency alarms of the endpoint.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the home's operator file (a file only the operator writes: run
+        parameters cannot name paths in the home)."""
+        home = Path(os.environ.get("FINESHIP_HOME") or ".fineship")
+        return init_settings, env_settings, DotEnvSettingsSource(settings_cls, env_file=home / OPERATOR_FILE)
 
     def review_policy(self) -> ReviewPolicy:
         """The operator's review policy from this environment."""

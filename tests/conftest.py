@@ -15,6 +15,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# A checkout where `make demo` ran has .fineship/operator.env (auto-promotion on): operator policy is off in the
+# tests unless a test turns it on (the environment wins over the operator file).
+os.environ.setdefault("FINESHIP_AUTO_PROMOTE", "false")
+os.environ.setdefault("FINESHIP_ALLOW_SELF_APPROVAL", "false")
 # Prefect task results (the validation/split cache) go to a throwaway directory, never ~/.prefect.
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="fineship-prefect-results-")
 
