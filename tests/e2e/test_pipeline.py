@@ -143,7 +143,8 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
         deployment_flow(DeployRequest(model_name="e2e-news", version="1", port=0))
 
     approve_as(registry, "e2e-news", "2", reviewers.signer("reviewer"), Settings().review_policy())
-    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0))
+    # eager only: test_train_register_deploy_and_predict_over_http builds and gates every serving variant (auto)
+    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0, variants=["eager"]))
     assert record.model_version == "2"
     version = registry.get_version("e2e-news", version="2")
     assert version.tags["approved_by"] == "reviewer"

@@ -13,9 +13,11 @@ from tests.support.tiny import SAMPLE
 
 pytestmark = pytest.mark.e2e
 
-# A champion good enough that its per-class recall means something: on the sample's 12 test rows per class the tiny
-# model reliably learns business and politics (recall 0.75-1.0); those are the two labels swapped below.
-TRAIN = {"training.epochs": 8, "training.learning_rate": 0.005, "training.max_steps": "null"}
+# A champion good enough that its per-class recall means something: 20 epochs without early stopping bring the tiny
+# model to about 0.8 validation accuracy on the sample (8 epochs with early stopping left it near 0.4 on some CPUs,
+# where which classes it had learned, and so the consistency verdict, depended on the float kernels).
+TRAIN = {"training.epochs": 20, "training.learning_rate": 0.005, "training.max_steps": "null",
+         "training.early_stopping_patience": 100}
 
 
 def _config(tiny_bert, **overrides):
@@ -106,7 +108,9 @@ def test_with_the_consistency_rule_off_the_reference_set_still_rejects_a_poisone
         training_flow(_config(tiny_bert, **{"data.path": _swapped(sample_df, tmp_path),
                                             "gate.max_label_agreement_drop": "null"}))
     new_split, reference = err.value.decision.comparisons
-    assert new_split.passed  # on its own, equally poisoned, test split the candidate beats the champion
+    # On its own, equally poisoned, test split the candidate looks far better than on the champion's frozen set
+    # (whether it clears the non-inferiority margin there depends on how well the tiny models learned).
+    assert new_split.difference > reference.difference + 0.2
     assert not reference.passed and reference.scope.startswith("champion v1's reference set")
     assert any(r.startswith("champion v1's reference set") and "may be worse than the champion" in r
                for r in err.value.decision.reasons)

@@ -25,7 +25,8 @@ SCREENSHOTS = REPO / "tests" / "_screenshots"
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+# The PostgreSQL stack (about 2.5 minutes with its cluster) runs in .ci/run (RUN_SLOW=1); make test keeps SQLite.
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def stack(request, tmp_path_factory):
     from tests.support.reviewers import Reviewers
 
@@ -130,7 +131,7 @@ def _screenshot(url: str, out: Path, tmp: Path) -> str:
     return dom.stdout
 
 
-@pytest.mark.parametrize("stack", ["postgres"], indirect=True)
+@pytest.mark.parametrize("stack", [pytest.param("postgres", marks=pytest.mark.slow)], indirect=True)
 def test_postgres_listens_on_loopback_only_and_its_password_stays_in_its_file(stack):
     """Runs after the retrain above, so the logs hold a whole run's worth of lines."""
     from typer.testing import CliRunner

@@ -80,14 +80,16 @@ def test_a_deployed_local_endpoint_captures_when_deploy_asks(package, classifier
     assert traffic.texts == texts and traffic.labels == expected
 
 
-def test_capture_is_read_from_s3_with_since(moto_reset, classifier, tmp_path):
-    """The SageMaker endpoint's capture (`<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl`) read with boto3."""
+def test_capture_is_read_from_s3_with_since(moto_endpoint, classifier, tmp_path):
+    """The SageMaker endpoint's capture (`<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl`) read with boto3.
+    Its own bucket on the shared moto server (a reset would empty the session's deployment bucket too)."""
     import boto3
 
     from components.monitoring.capture import capture_record
 
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="fineship-capture")
+    if "fineship-capture" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="fineship-capture")
     prefix = "fineship/data-capture/ep"
     answer = json.dumps({"predictions": [{"label": "sport", "score": 0.8, "scores": {}}]}).encode()
     for hour in (8, 9, 10):

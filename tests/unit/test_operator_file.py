@@ -7,6 +7,7 @@ from flows.settings import OPERATOR_FILE, Settings
 
 def test_the_operator_file_sets_policy_for_its_home_and_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.delenv("FINESHIP_AUTO_PROMOTE", raising=False)
+    monkeypatch.delenv("FINESHIP_ALLOW_SELF_APPROVAL", raising=False)  # tests/conftest.py sets both off
     monkeypatch.setenv("FINESHIP_HOME", str(tmp_path))
     assert Settings().auto_promote is False  # no file: the default
     (tmp_path / OPERATOR_FILE).write_text("FINESHIP_AUTO_PROMOTE=true\nFINESHIP_ALLOW_SELF_APPROVAL=true\n")
