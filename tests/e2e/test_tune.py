@@ -168,6 +168,7 @@ def _training(db: Path, number: int) -> bool:
             "AND t.state = 'RUNNING' AND a.key = 'fineship.mlflow_run_id'", (number,)).fetchall())
 
 
+@pytest.mark.slow  # a CLI subprocess killed mid-trial plus the resumed search (~35 s): run by .ci/run
 def test_a_search_killed_during_its_second_trial_resumes_without_repeating_the_first(prefect_harness, tmp_path,
                                                                                      tiny_bert):
     import psutil

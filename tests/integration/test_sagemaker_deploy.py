@@ -108,8 +108,9 @@ def test_v1_then_blue_green_v2_then_failed_v3_leaves_v2_serving(prefect_api, fin
     sm, registry = aws.clients.sagemaker, registry_home.registry
 
     def request(version: str) -> DeployRequest:
+        # v1 builds and gates every serving variant into its model.tar.gz (backend auto); v2 and v3 ship eager only
         return DeployRequest(model_name=MODEL, version=version, target="sagemaker", endpoint_name=endpoint,
-                             sagemaker=FAST)
+                             sagemaker=FAST, **({} if version == "1" else {"variants": ["eager"]}))
 
     # v1: the endpoint does not exist yet, so it is created
     v1 = deployment_flow(request("1"))

@@ -101,6 +101,7 @@ def test_two_nodes_meet_at_a_rendezvous_and_train_like_one_process(job, single):
     assert "[rank 1]" in outputs[1] and "[rank 0]" in outputs[0]  # each launcher ran one of the two ranks
 
 
+@pytest.mark.slow  # two entry points, two torchrun launchers (~15 s): run by .ci/run (RUN_SLOW=1)
 def test_the_sagemaker_entry_point_trains_across_two_hosts(job, single, tmp_path):
     """Each host of a two-host SageMaker job runs the entry point with its own /opt/ml tree and resourceconfig.json
     (the hosts are loopback addresses here, where SageMaker has algo-1 and algo-2); the first host in the list is
