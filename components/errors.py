@@ -133,3 +133,8 @@ class MonitoringError(FineshipError):
 
 class BatchPredictionError(FineshipError):
     """Batch prediction of a file could not run or was refused (input, output, resume state, transform job)."""
+
+
+class ModelLockTimeout(FineshipError, TimeoutError):
+    """A run waited too long for its model's lock (another run for the model holds it, or a dead run's slot is
+    stranded)."""

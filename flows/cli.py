@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from components.config import LOCAL_ENDPOINT
 from components.errors import FineshipError
 from flows.cli_common import fail, open_registry, prepare_env
 
@@ -472,7 +473,7 @@ def endpoint_list(target: str = TargetOpt) -> None:
 
 
 @endpoint_app.command("status")
-def endpoint_status(name: str = typer.Argument("fineship-local"),
+def endpoint_status(name: str = typer.Argument(LOCAL_ENDPOINT),
                     target: str = typer.Option("auto", "--target", help="local, sagemaker, or auto (a local "
                                                "endpoint of that name first).")) -> None:
     """Show one endpoint: a local endpoint's record and health, or a SageMaker endpoint's description."""
@@ -505,11 +506,13 @@ def endpoint_status(name: str = typer.Argument("fineship-local"),
 
 
 @endpoint_app.command("stop")
-def endpoint_stop(name: str = typer.Argument("fineship-local")) -> None:
+def endpoint_stop(name: str = typer.Argument(LOCAL_ENDPOINT)) -> None:
     """Stop a local endpoint."""
-    from components.deploy.local import stop_endpoint
+    from components.deploy.local import endpoint_lock, stop_endpoint
 
-    typer.echo(f"stopped {name}" if stop_endpoint(_state_dir(), name) else f"{name} was not running")
+    with endpoint_lock(_state_dir(), name, timeout=300):  # never in the middle of a deployment's handover
+        stopped = stop_endpoint(_state_dir(), name)
+    typer.echo(f"stopped {name}" if stopped else f"{name} was not running")
 
 
 @endpoint_app.command("delete")
@@ -519,10 +522,11 @@ def endpoint_delete(name: str = typer.Argument(..., help="Endpoint name."),
                     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
     """Delete an endpoint: stop and forget a local one; delete a SageMaker endpoint with the configs and models
     fineship made for it (model artifacts in S3 are kept)."""
-    from components.deploy.local import read_record, stop_endpoint
+    from components.deploy.local import endpoint_lock, read_record, stop_endpoint
 
     if target in ("auto", "local") and read_record(_state_dir(), name) is not None:
-        stop_endpoint(_state_dir(), name)
+        with endpoint_lock(_state_dir(), name, timeout=300):
+            stop_endpoint(_state_dir(), name)
         typer.echo(f"deleted local endpoint {name}")
         return
     if target == "local":

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import tempfile
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, pause_flow_run
 from prefect.artifacts import create_markdown_artifact
 from prefect.input import RunInput
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.config import DEFAULT_MODEL_NAME
 from components.errors import RegistryError
 from components.registry.mlflow_registry import MlflowRegistry
-from components.registry.review import record_approval, reject
+from components.registry.review import AliasChange
 from components.registry.signing import SignatureBundle
 from flows.settings import Settings
 from tasks.common import artifact_key
+from tasks.registry import download_version, record_approval_task, reject_version, resolve_version
 
 
 FORM_POLL_SECONDS = 2  # how soon the paused flow sees the reviewer's Resume (Prefect's default: 10 s); one API read each
@@ -36,13 +37,28 @@ class ApprovalForm(RunInput):
     comment: str = Field("", description="To reject: why (recorded on the model version).")
 
 
+class PromoteOutcome(BaseModel):
+    """What the reviewer decided; `change` is the champion alias move of an approval."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    version: str
+    approved: bool
+    change: AliasChange | None = None
+
+    def summary(self) -> str:
+        if self.change is None:
+            return "rejected through the promote form"
+        return f"approved by {self.change.by}: champion {self.change.from_version} -> {self.change.to_version}"
+
+
 @flow(name="promote")
-def promote_flow(model_name: str = DEFAULT_MODEL_NAME, version: str = "1", timeout_hours: float = 72) -> str:
+def promote_flow(model_name: str = DEFAULT_MODEL_NAME, version: str = "1", timeout_hours: float = 72) -> PromoteOutcome:
     """Show the version's evidence, wait for a reviewer's decision, and record it in the registry."""
-    logger = get_run_logger()
     settings = Settings()
-    registry = MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
-    v = registry.get_version(model_name, version=version)
+    registry = MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)  # one per flow run
+    v = resolve_version(registry, model_name, version, None)
     evidence = "\n".join(f"- **{k}**: {val}" for k, val in sorted(v.tags.items())
                          if k.startswith(("metric.", "fineship.gate")))
     create_markdown_artifact(f"# Review {model_name} v{version}\n\n{evidence}\n\nTo approve, sign the version with "
@@ -52,17 +68,14 @@ def promote_flow(model_name: str = DEFAULT_MODEL_NAME, version: str = "1", timeo
     decision = pause_flow_run(
         wait_for_input=ApprovalForm.with_initial_data(description=f"Approve {model_name} v{version}?"),
         timeout=int(timeout_hours * 3600), poll_interval=FORM_POLL_SECONDS)
-    if decision.approve:
-        if not decision.signature.strip():
-            raise RegistryError("an approval needs your signature: run `fineship approve "
-                                f"{model_name} {version} --sign-only` and paste its output; run the promote flow again")
-        bundle = SignatureBundle.from_json(decision.signature.strip(), "the signature in the form")
-        with tempfile.TemporaryDirectory(prefix="fineship-promote-") as tmp:
-            package = registry.download_version(model_name, version, tmp).package_dir
-            change = record_approval(registry, model_name, version, bundle, package, settings.review_policy())
-        outcome = f"approved by {change.by}: champion {change.from_version} -> {change.to_version}"
-    else:
-        reject(registry, model_name, version, "the promote form (unsigned)", decision.comment)
-        outcome = "rejected through the promote form"
-    logger.info("%s v%s %s", model_name, version, outcome)
-    return outcome
+    if not decision.approve:
+        reject_version(registry, model_name, version, "the promote form (unsigned)", decision.comment)
+        return PromoteOutcome(model_name=model_name, version=version, approved=False)
+    if not decision.signature.strip():
+        raise RegistryError("an approval needs your signature: run `fineship approve "
+                            f"{model_name} {version} --sign-only` and paste its output; run the promote flow again")
+    bundle = SignatureBundle.from_json(decision.signature.strip(), "the signature in the form")
+    with tempfile.TemporaryDirectory(prefix="fineship-promote-") as tmp:
+        package = download_version(registry, model_name, version, tmp).package_dir
+        change = record_approval_task(registry, model_name, version, bundle, package, settings.review_policy())
+    return PromoteOutcome(model_name=model_name, version=version, approved=True, change=change)

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from components.aws import AwsSettings
+from components.config import GateConfig
 from components.registry.review import ReviewPolicy
 
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     # Operator policy: set in the environment of the worker or CLI, never by a run's parameters.
     auto_promote: bool = Field(False, description="Promote a gated candidate to champion with the pipeline's own "
                                "signature, and let deployments accept pipeline-signed versions.")
+    auto_promote_gate: GateConfig = Field(default_factory=GateConfig, description="The gate a run's own `gate` "
+                                          "section must match or tighten for auto-promotion (JSON, e.g. "
+                                          "'{\"min_accuracy\": 0.9}'; unset fields: fineship's defaults). A version "
+                                          "judged by a weaker gate is registered and waits for a reviewer.")
     allow_self_approval: bool = Field(False, description="Let the person who trained a version approve it "
                                       "(one-person teams).")
     trusted_reviewers: Path | None = Field(None, description="Directory of the public keys (NAME.pub) of the "
@@ -73,6 +78,11 @@ class Settings(BaseSettings):
         """The operator's review policy from this environment."""
         return ReviewPolicy(trusted_reviewers=self.trusted_reviewers, allow_self_approval=self.allow_self_approval,
                             auto_promote=self.auto_promote, home=self.home_dir)
+
+    @property
+    def sagemaker_endpoint(self) -> str:
+        """The SageMaker endpoint a deployment or monitor uses when none is given: the setting, else the stack's."""
+        return self.sagemaker_endpoint_name or f"{self.aws_project}-{self.aws_environment}"
 
     @property
     def home_dir(self) -> Path:

@@ -95,7 +95,9 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
                 model_card(config, inputs.main.ref, candidate, decision, champion_report), settings.mlflow_ui_url,
                 idempotency_key=f"prefect-flow-run:{flow_run.root_flow_run_id or flow_run.id}")
             if settings.auto_promote:  # operator policy (FINESHIP_AUTO_PROMOTE), never a run parameter
-                registered = promote_by_policy(registry, registered, trained.package_dir, settings.review_policy())
+                registered = promote_by_policy(registry, registered, trained.package_dir, settings.review_policy(),
+                                               config.gate, settings.auto_promote_gate, champion.version,
+                                               evidence.champion and evidence.champion.package_dir)
             end_training_run(registry, run_id, "FINISHED", pending)
             discard_checkpoints(trained.checkpoint_dir, checkpoints)
     except GateRejected:

@@ -9,7 +9,9 @@ import time
 from typing import Any, Literal
 
 from prefect import get_run_logger
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
 from components.markdown import md_table
@@ -38,7 +40,11 @@ def report_stage(stage: str, figure: str, *args: Any, outcome: str = "ok") -> St
     seconds = max(time.time() - started.timestamp(), 0.0) if started is not None else None
     event = StageEvent(stage=stage, outcome=outcome, seconds=seconds, figure=text)
     level = logging.WARNING if outcome in ("warning", "rejected", "failed") else logging.INFO
-    get_run_logger().log(level, "%s: %s", stage, text, extra={STAGE_RECORD: event})
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:  # a task's `.fn` called outside a run (scripts, benchmarks, tests)
+        logger = logging.getLogger("fineship")
+    logger.log(level, "%s: %s", stage, text, extra={STAGE_RECORD: event})
     return event
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -53,3 +59,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lower-case letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+RETRIED_IO: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+                                  cache_policy=NO_CACHE)
+"""Task options of a registry or storage call: two retries (2 s, 10 s) of transient I/O errors, never cached."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -11,9 +10,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
-from components.config import PipelineConfig
+from components.config import GateConfig, PipelineConfig
 from components.data.io import DatasetRef
 from components.data.profile import DataProfile
+from components.errors import FineshipError
+from components.evaluation.gate_floor import weaker_than
 from components.monitoring.reference import record_reference
 from components.package import load_package
 from components.provenance import pinned_requirements
@@ -29,15 +30,21 @@ from components.registry.mlflow_registry import (
 )
 from components.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, run_tags
 from components.registry.package_check import verify_package
-from components.registry.review import CHAMPION, AliasChange, ReviewPolicy, auto_promote, verify_deployable
-from components.registry.signing import VerifiedApproval
-from tasks.common import artifact_key, report_stage, retry_transient
+from components.registry.review import (
+    CHAMPION,
+    AliasChange,
+    ReviewPolicy,
+    auto_promote,
+    record_approval,
+    reject,
+    verify_deployable,
+)
+from components.registry.signing import SignatureBundle, VerifiedApproval
+from tasks.common import RETRIED_IO, artifact_key, report_stage, retry_transient
 
 # What the registered pyfunc model needs at load time, pinned to the versions installed here.
 PYFUNC_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pydantic", "mlflow")
 
-_RETRIED: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-                                cache_policy=NO_CACHE)
 
 
 class Champion(BaseModel):
@@ -49,7 +56,7 @@ class Champion(BaseModel):
     profile: DataProfile | None = None
 
 
-@task(name="start-run", timeout_seconds=120, **_RETRIED)
+@task(name="start-run", timeout_seconds=120, **RETRIED_IO)
 def start_training_run(registry: MlflowRegistry, config: PipelineConfig, dataset: DatasetRef,
                        mlflow_ui_url: str | None = None) -> str:
     """Open the MLflow run of this flow run, log the configuration and link the two UIs both ways."""
@@ -107,7 +114,7 @@ def reconcile_open_runs(registry: MlflowRegistry, pending_dir: str, run_id: str 
     return [m.run_id for m in settled]
 
 
-@task(name="find-champion", timeout_seconds=120, **_RETRIED)
+@task(name="find-champion", timeout_seconds=120, **RETRIED_IO)
 def find_champion(registry: MlflowRegistry, model_name: str) -> Champion:
     """The champion version and its stored data profile (for drift checks)."""
     version = registry.find_version(model_name, CHAMPION)
@@ -139,10 +146,29 @@ def register_model(registry: MlflowRegistry, package_dir: str, name: str, run_id
     return version
 
 
-@task(name="auto-promote", timeout_seconds=120, **_RETRIED)
-def promote_by_policy(registry: MlflowRegistry, version: RegisteredVersion, package_dir: str,
-                      policy: ReviewPolicy) -> RegisteredVersion:
-    """Under the operator's FINESHIP_AUTO_PROMOTE policy: sign the version with the pipeline's key, make it champion."""
+@task(name="auto-promote", timeout_seconds=600, **RETRIED_IO)
+def promote_by_policy(registry: MlflowRegistry, version: RegisteredVersion, package_dir: str, policy: ReviewPolicy,
+                      gate: GateConfig, floor: GateConfig, champion: RegisteredVersion | None,
+                      champion_dir: str | None) -> RegisteredVersion:
+    """Under the operator's FINESHIP_AUTO_PROMOTE policy: sign the version with the pipeline's key, make it champion.
+
+    Not when the run's gate is weaker than the operator's floor (FINESHIP_AUTO_PROMOTE_GATE), nor when the champion
+    it was judged against does not verify (or earlier versions exist but none is champion): then the version is
+    registered, tagged with the reasons, and waits for a reviewer."""
+    blockers = weaker_than(gate, floor)
+    if champion is not None and champion_dir is not None:
+        try:
+            verify_deployable(champion, champion_dir, policy)
+        except FineshipError as err:
+            blockers.append(f"the champion v{champion.version} it was judged against does not verify ({err})")
+    elif any(v.version != version.version for v in registry.list_versions(version.name)):
+        blockers.append("earlier versions exist but none is champion, so the gate compared it with nothing")
+    if blockers:
+        registry.set_version_tags(version.name, version.version,
+                                  {"fineship.auto_promotion": ("refused: " + "; ".join(blockers))[:4000]})
+        report_stage("promote", "%s v%s is NOT auto-promoted and awaits a reviewer (fineship approve %s %s): %s",
+                     version.name, version.version, version.name, version.version, "; ".join(blockers))
+        return registry.get_version(version.name, version=version.version)
     change: AliasChange = auto_promote(registry, version.name, version.version, package_dir, policy)
     report_stage("promote", "%s: champion %s -> %s (auto-promotion by operator policy, pipeline-signed)", version.name,
                  change.from_version, change.to_version)
@@ -173,14 +199,30 @@ def verify_approval_task(version: RegisteredVersion, package_dir: str, policy: R
     return verified
 
 
-@task(name="resolve-version", timeout_seconds=120, **_RETRIED)
+@task(name="resolve-version", timeout_seconds=120, **RETRIED_IO)
 def resolve_version(registry: MlflowRegistry, name: str, version: str | None, alias: str | None) -> RegisteredVersion:
     """Find the model version to deploy by number or alias."""
     return registry.get_version(name, version=version, alias=alias)
 
 
-@task(name="download-package", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      timeout_seconds=900, cache_policy=NO_CACHE)
+@task(name="download-package", timeout_seconds=900, **RETRIED_IO)
 def download_version(registry: MlflowRegistry, name: str, version: str, dst: str) -> DownloadedVersion:
     """Download a registered version's model package and its registered input example."""
     return registry.download_version(name, version, dst)
+
+
+@task(name="record-approval", timeout_seconds=300, **RETRIED_IO)
+def record_approval_task(registry: MlflowRegistry, name: str, version: str, bundle: SignatureBundle, package_dir: str,
+                         policy: ReviewPolicy) -> AliasChange:
+    """Verify a reviewer's signature over the version's files, record it and make the version champion."""
+    change = record_approval(registry, name, version, bundle, package_dir, policy)
+    report_stage("promote", "%s: approved by %s, champion %s -> %s", name, change.by, change.from_version,
+                 change.to_version)
+    return change
+
+
+@task(name="reject-version", timeout_seconds=120, **RETRIED_IO)
+def reject_version(registry: MlflowRegistry, name: str, version: str, by: str, comment: str) -> None:
+    """Record a rejection on the version (it authorises nothing, so it needs no key)."""
+    reject(registry, name, version, by, comment)
+    report_stage("promote", "%s v%s rejected by %s", name, version, by, outcome="rejected")

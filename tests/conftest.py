@@ -19,6 +19,12 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # tests unless a test turns it on (the environment wins over the operator file).
 os.environ.setdefault("FINESHIP_AUTO_PROMOTE", "false")
 os.environ.setdefault("FINESHIP_ALLOW_SELF_APPROVAL", "false")
+# Tiny random models cannot reach fineship's default gate floors: where a test turns auto-promotion on, the
+# operator's floor under it is the weakest gate; tests of the floor set their own (test_approval_bypass.py).
+os.environ.setdefault("FINESHIP_AUTO_PROMOTE_GATE", '{"min_accuracy": 0, "min_macro_f1": 0, "margin": 0.999, '
+                      '"confidence": 0.501, "max_class_recall_drop": 1, "max_label_agreement_drop": null, '
+                      '"label_agreement_min_support": 1000000000, "label_agreement_max_rows": 1, '
+                      '"behaviour_min_pass_rate": 0}')
 # Prefect task results (the validation/split cache) go to a throwaway directory, never ~/.prefect.
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="fineship-prefect-results-")
 

@@ -4,11 +4,14 @@ Redeployments are blue/green (`deploy_local`): the new version is checked beside
 takes over its port (components/serving/handover.py); a failing new version never takes traffic.
 
 Each endpoint has a JSON record (pid, port, model version) in a state directory, so the CLI
-can report, stop or roll back what an earlier process started.
+can report, stop or roll back what an earlier process started. One deployment of an endpoint runs at a
+time: `deploy_local` holds an exclusive lock on `<state_dir>/<name>.lock` from start to prune
+(`endpoint_lock`), so two deployments never both hand over the port or prune each other's files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -17,7 +20,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 START = "endpoint-start"
 SMOKE = "smoke-test"
 HANDOVER = "port-handover"
+LOCK = "endpoint-lock"
+# A downloaded package younger than this is never pruned: another deployment of the endpoint may be about to
+# start it (it was downloaded before that deployment waited for the lock).
+PRUNE_GRACE_S = 2 * 3600
 
 
 class DeploymentRecord(BaseModel):
@@ -67,6 +75,8 @@ class LocalTarget(BaseModel):
     port: int = 0
     capture_percent: float = Field(0, ge=0, le=100, description="Data capture for `fineship monitor`; 0: off.")
     capture_max_mb: int = Field(100, ge=1, description="Total size of the endpoint's capture files.")
+    lock_timeout: float = Field(300, ge=0, description="Seconds to wait while another deployment of this endpoint "
+                                "runs before giving up.")
 
 
 class SmokeResult(BaseModel):
@@ -234,6 +244,47 @@ def _hand_over(green: DeploymentRecord, blue: DeploymentRecord, timeout: float =
     return False
 
 
+def _lock_holder(path: Path) -> str:
+    """Who holds the endpoint's lock, as the holder wrote it (pid, since when), for the error message."""
+    try:
+        info = json.loads(path.read_text() or "{}")
+        since = time.strftime("%H:%M:%S", time.localtime(float(info["since"])))
+        return f"pid {int(info['pid'])}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
+
+
+@contextmanager
+def endpoint_lock(state_dir: str | Path, name: str, timeout: float) -> Iterator[Path]:
+    """Hold the endpoint's exclusive lock (`<state_dir>/<name>.lock`, `flock`), waiting at most `timeout` seconds.
+
+    The holder's pid is written into the file for the error of whoever waits. The lock goes with the open file:
+    a deployment that dies releases it. Raises `DeploymentStepError` (step `LOCK`) when the wait runs out.
+    """
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DeploymentStepError(
+                        f"endpoint {name} is being deployed by another process ({_lock_holder(path)}); waited "
+                        f"{timeout:.0f}s for it to finish: run this deployment again when that one is done (the "
+                        f"lock {path} is released when its holder ends, even if it crashes)", LOCK) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, version: str,
                  texts: Sequence[str], expected: Sequence[str],
                  backend: str = "auto") -> tuple[DeploymentRecord, SmokeResult]:
@@ -244,9 +295,22 @@ def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, 
     version that fails to load or disagrees is stopped and the old one never stopped answering. Raises
     `DeploymentStepError` naming the step that failed (`START`, `SMOKE` or `HANDOVER`). `backend` is what
     the server runs (`components.serving.backends`); `expected` must be that backend's predictions.
+
+    Holds the endpoint's lock throughout (`endpoint_lock`): a second deployment of the same endpoint waits up
+    to `target.lock_timeout` seconds and then takes over from the first, or fails with `DeploymentStepError`
+    (step `LOCK`) naming the other deployment's pid.
     """
     if not texts:
         raise DeploymentStepError("no smoke-test texts: the version has no input example; pass smoke_texts", START)
+    if Path(package_dir).is_dir():
+        os.utime(package_dir)  # fresh while this deployment waits: a running one does not prune it
+    with endpoint_lock(target.state_dir, target.endpoint_name, target.lock_timeout):
+        return _deploy_locked(target, package_dir, model_name, version, texts, expected, backend)
+
+
+def _deploy_locked(target: LocalTarget, package_dir: str | Path, model_name: str, version: str,
+                   texts: Sequence[str], expected: Sequence[str], backend: str) -> tuple[DeploymentRecord, SmokeResult]:
+    """`deploy_local` under the endpoint's lock: the record read here is the one this deployment replaces."""
     state = Path(target.state_dir)
     blue = read_record(state, target.endpoint_name)
     live = blue is not None and is_running(blue) and blue.host == target.host and target.port in (0, blue.port)
@@ -281,14 +345,27 @@ def deploy_local(target: LocalTarget, package_dir: str | Path, model_name: str, 
         terminate_group(blue.pid)                              # process is not left running without a record
     record = green.model_copy(update={"url": f"http://{target.host}:{port}", "port": port})
     _record_path(state, target.endpoint_name).write_text(record.model_dump_json(indent=2))
-    _prune_packages(state / target.endpoint_name, keep={record.package_dir, blue.package_dir if blue else ""})
+    prune_packages(state / target.endpoint_name, keep={record.package_dir, blue.package_dir if blue else ""})
     log.info("%s v%s serving at %s (pid %d)%s", model_name, version, record.url, record.pid,
              f", took over from v{blue.model_version}" if live else "")
     return record, smoke
 
 
-def _prune_packages(parent: Path, keep: set[str]) -> None:
-    """Delete downloaded packages of this endpoint that neither the new nor the previous version uses."""
+def prune_packages(parent: Path, keep: set[str], grace: float = PRUNE_GRACE_S) -> list[Path]:
+    """Delete downloaded packages of this endpoint that neither the new nor the previous version uses.
+
+    Never deleted: what the endpoint's record says serves (read again here), the packages in `keep`, and any
+    package touched within `grace` seconds (another deployment may have downloaded it and wait for the lock).
+    """
+    serving = read_record(parent.parent, parent.name)
+    keep = {k for k in keep | {serving.package_dir if serving else ""} if k}
+    now, removed = time.time(), []
     for d in parent.iterdir() if parent.is_dir() else ():
-        if d.is_dir() and str(d.resolve()) not in keep and not any(k.startswith(str(d.resolve()) + os.sep) for k in keep):
-            shutil.rmtree(d, ignore_errors=True)
+        if not d.is_dir() or now - d.stat().st_mtime < grace:
+            continue
+        here = str(d.resolve())
+        if here in keep or any(k.startswith(here + os.sep) for k in keep):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed

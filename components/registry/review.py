@@ -43,6 +43,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 REVIEW = "fineship.review"  # approved | rejected | auto_promoted: for people, never for authorisation
 SIGNATURE = "fineship.signature"  # the signature bundle (JSON); verified, never trusted as it stands
+REVOKED = "fineship.signature_revoked"  # the bundle a rejection withdrew (for people; never read to authorise)
 ALIAS_LOG = "fineship.alias_log"
 GATE = "fineship.gate"
 MAX_TAG = 5000  # MLflow's limit on a model version tag value
@@ -109,19 +110,30 @@ def move_alias(registry: MlflowRegistry, name: str, alias: str, version: str, by
     return change
 
 
+def review_problems(version: RegisteredVersion) -> list[str]:
+    """Why approving `version` needs an override: its gate did not pass (or is not recorded), or it was rejected."""
+    problems = []
+    if version.tags.get(GATE) != "passed":
+        problems.append(f"its fineship gate is '{version.tags.get(GATE) or 'missing'}', not passed")
+    if version.tags.get(REVIEW) == "rejected":
+        problems.append(f"it was rejected by {version.tags.get('rejected_by', 'a reviewer')}")
+    return problems
+
+
+def _override_needed(name: str, version: str, problems: list[str], why: str = "") -> str:
+    return (f"{name} v{version} cannot be approved: {' and '.join(problems)}{why}. To approve it anyway, give the reason "
+            f"with `fineship approve {name} {version} --override 'REASON'` (the override and its reason are signed "
+            "and recorded on the version)")
+
+
 def sign_approval(registry: MlflowRegistry, name: str, version: str, signer: Signer, package_dir: str | Path,
                   policy: ReviewPolicy, override: str | None = None, comment: str = "") -> SignatureBundle:
     """A reviewer's signature over the version's files, after the review rules: a passed gate (or a recorded
     override), no earlier rejection (or a recorded override), and not the person who trained it."""
     v = registry.get_version(name, version=version)
-    problems = []
-    if v.tags.get(GATE) != "passed":
-        problems.append(f"its fineship gate is '{v.tags.get(GATE, 'missing')}', not passed")
-    if v.tags.get(REVIEW) == "rejected":
-        problems.append(f"it was rejected by {v.tags.get('rejected_by', 'a reviewer')}")
+    problems = review_problems(v)
     if problems and not (override and override.strip()):
-        raise RegistryError(f"{name} v{version} cannot be approved: {' and '.join(problems)}. To approve it anyway, "
-                            "give the reason with --override 'REASON' (it is signed and recorded on the version)")
+        raise RegistryError(_override_needed(name, version, problems))
     check_separation(signer.name, registry.run_user(v.run_id) if v.run_id else None, policy.allow_self_approval)
     note = f"override ({'; '.join(problems)}): {override.strip()}" if problems and override else ""
     return sign_package(Path(package_dir), name, version, signer, gate_override=bool(note),
@@ -142,10 +154,17 @@ def _write_signature(registry: MlflowRegistry, name: str, version: str, bundle: 
 
 def record_approval(registry: MlflowRegistry, name: str, version: str, bundle: SignatureBundle,
                     package_dir: str | Path, policy: ReviewPolicy) -> AliasChange:
-    """Verify a reviewer's signature (trusted key, exact files, separation of duties), record it and promote."""
+    """Verify a reviewer's signature (trusted key, exact files, separation of duties), record it and promote.
+
+    The review rules hold here too, not only where the signature was made: a version whose gate did not pass, or
+    that was rejected, is recorded only with a signature that carries the override and its reason."""
     verified = verify_approval(Path(package_dir), name, version, bundle, policy.trust_store())
     v = registry.get_version(name, version=version)
     check_separation(verified.signer, registry.run_user(v.run_id) if v.run_id else None, policy.allow_self_approval)
+    problems = review_problems(v)
+    if problems and not (verified.gate_override and verified.comment.strip()):
+        raise RegistryError("refused: " + _override_needed(
+            name, version, problems, f", and the signature by {verified.signer} carries no override with a reason"))
     _write_signature(registry, name, version, bundle, verified, "approved")
     return move_alias(registry, name, CHAMPION, version, verified.signer, f"approved: {verified.comment}".strip(": "))
 
@@ -164,8 +183,11 @@ def reject(registry: MlflowRegistry, name: str, version: str, by: str, comment: 
     v = registry.get_version(name, version=version)
     if CHAMPION in v.aliases:
         raise RegistryError(f"{name} v{version} is the champion; roll back first (fineship rollback {name})")
+    # The rejection withdraws an earlier approval: its signature moves aside, so that deleting the (unsigned)
+    # rejection tag leaves the version unapproved instead of re-enabling the old signature.
+    revoked = {SIGNATURE: "", REVOKED: v.tags[SIGNATURE][:MAX_TAG]} if v.tags.get(SIGNATURE) else {}
     registry.set_version_tags(name, version, {REVIEW: "rejected", "rejected_by": by, "rejected_at": _now(),
-                                              "rejection_comment": comment})
+                                              "rejection_comment": comment, **revoked})
 
 
 def auto_promote(registry: MlflowRegistry, name: str, version: str, package_dir: str | Path,
@@ -173,6 +195,10 @@ def auto_promote(registry: MlflowRegistry, name: str, version: str, package_dir:
     """Promote under the operator's auto-promotion policy, signed with the pipeline's own key."""
     if not policy.auto_promote:
         raise RegistryError("auto-promotion is off: the operator sets FINESHIP_AUTO_PROMOTE=true on the worker or CLI")
+    problems = review_problems(registry.get_version(name, version=version))
+    if problems:  # the pipeline never overrides: a reviewer does, with a signed reason
+        raise RegistryError(f"{name} v{version} is not auto-promoted: {' and '.join(problems)}; a reviewer may approve "
+                            f"it with `fineship approve {name} {version} --override 'REASON'`")
     signer = load_or_create_pipeline_signer(policy.home)
     bundle = sign_package(Path(package_dir), name, version, signer, comment="FINESHIP_AUTO_PROMOTE policy")
     verified = verify_approval(Path(package_dir), name, version, bundle, policy.trust_store(), allow_pipeline=True,
@@ -212,12 +238,23 @@ def approval_bundle(version: RegisteredVersion) -> SignatureBundle:
 
 def verify_deployable(version: RegisteredVersion, package_dir: str | Path, policy: ReviewPolicy) -> VerifiedApproval:
     """The signature holds, its signer is trusted (or it is the pipeline's under the auto-promotion policy),
-    and the files at `package_dir` (the ones about to be deployed) are exactly the signed ones."""
+    the files at `package_dir` (the ones about to be deployed) are exactly the signed ones, and a version whose
+    gate tag is not `passed` carries a reviewer's signed gate override."""
     bundle = approval_bundle(version)
     try:
-        return verify_approval(Path(package_dir), version.name, version.version, bundle, policy.trust_store(),
-                               allow_pipeline=policy.auto_promote, pipeline_key=load_pipeline_public_key(policy.home))
+        verified = verify_approval(Path(package_dir), version.name, version.version, bundle, policy.trust_store(),
+                                   allow_pipeline=policy.auto_promote,
+                                   pipeline_key=load_pipeline_public_key(policy.home))
     except SignatureError as err:
         if err.problem == SignatureProblem.TRUST_STORE:
             raise
         raise SignatureError(f"refused: {err}", err.problem) from None
+    # Tags are untrusted, the signed manifest is not: a version that does not show a passed gate deploys only
+    # with an override inside the signature, made by a reviewer (the pipeline never overrides its own gate).
+    gate = version.tags.get(GATE) or "missing"
+    if gate != "passed" and not (verified.gate_override and verified.purpose == "approval"):
+        raise RegistryError(f"refused: the fineship gate of {version.name} v{version.version} is '{gate}', not passed, "
+                            f"and the {verified.purpose} signed by {verified.signer} carries no gate override; a "
+                            f"reviewer approves it with `fineship approve {version.name} {version.version} --override "
+                            "'REASON'` (the override is signed), or deploy a version whose gate passed")
+    return verified

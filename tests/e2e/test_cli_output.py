@@ -76,6 +76,8 @@ def test_run_on_a_terminal_prints_a_line_per_stage_and_logs_the_rest(prefect_har
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINESHIP_", "PREFECT_API", "MLFLOW_"))}
     env.update({"FINESHIP_HOME": str(home), "FINESHIP_AUTO_PROMOTE": "true", "COLUMNS": "160", "TERM": "xterm",
+                # the tiny model's gate is below fineship's default floor: the session's weakest floor (conftest)
+                "FINESHIP_AUTO_PROMOTE_GATE": os.environ["FINESHIP_AUTO_PROMOTE_GATE"],
                 "FINESHIP_PREFECT_API_URL": PREFECT_API_URL.value()})  # the session's server: no start-up here
     code, raw = _on_a_terminal(["run", "--config", "ci", "--data", str(SAMPLE), *_settings(tiny_bert)], env)
     screen = _screen(raw)

@@ -122,8 +122,13 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
     monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "true")  # the operator's policy, for the first version only
     first = training_flow(_config(tiny_bert))
     assert "champion" in first.registered.aliases and first.registered.tags["approved_by"] == "pipeline"
-    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "false")
+    # auto-promotion stays on, under the operator's default floor: a run that loosens its own gate is registered
+    # but not promoted (the gate is run input; the floor is the operator's)
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE_GATE", "{}")
     second = training_flow(_config(tiny_bert, **{"gate.margin": 0.5, "gate.max_class_recall_drop": 1.0}))
+    assert "gate.margin=0.5 (operator floor 0.01)" in second.registered.tags["fineship.auto_promotion"]
+    assert "gate.max_class_recall_drop=1.0 (operator floor 0.1)" in second.registered.tags["fineship.auto_promotion"]
+    monkeypatch.setenv("FINESHIP_AUTO_PROMOTE", "false")
     # drift was checked against the champion's stored profile (same data: no drift)
     drift = {r.rule: r for r in second.validation.results if r.rule.startswith("drift_")}
     assert set(drift) == {"drift_label_set", "drift_label_distribution", "drift_text_length", "drift_vocabulary"}

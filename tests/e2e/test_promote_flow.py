@@ -69,11 +69,11 @@ def test_approval_form_promotes_and_rejection_records(prefect_harness, fineship_
     assert "champion" not in registry.get_version("promo", version="1").aliases
 
     outcome = _run_and_answer("promo", "1", {"approve": True, "signature": dana, "comment": "ok"})
-    assert outcome.startswith("approved by dana")
+    assert outcome.approved and outcome.summary().startswith("approved by dana")
     v1 = registry.get_version("promo", version="1")
     assert "champion" in v1.aliases and v1.tags["approved_by"] == "dana"
 
     outcome = _run_and_answer("promo", "2", {"approve": False, "comment": "worse on tech"})
-    assert outcome == "rejected through the promote form"
+    assert not outcome.approved and outcome.summary() == "rejected through the promote form"
     v2 = registry.get_version("promo", version="2")
     assert v2.tags["fineship.review"] == "rejected" and "champion" not in v2.aliases

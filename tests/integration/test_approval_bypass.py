@@ -14,6 +14,7 @@ import pytest
 from components.config import load_config
 from components.errors import ConfigError, RegistryError, SignatureError, SignatureProblem
 from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+from components.registry.signing import sign_package
 from components.registry.review import (
     REVIEW,
     SIGNATURE,
@@ -142,3 +143,71 @@ def test_auto_promotion_cannot_be_a_run_setting(tmp_path):
 
     with pytest.raises(ValueError, match="operator policy"):
         PipelineConfig.model_validate({"registry": {"auto_promote": True}})
+
+
+def test_a_bare_signature_for_a_failed_gate_is_refused_when_recorded_and_deployed(setup, reviewers):
+    """G5: the gate rule holds where the approval is recorded and where it is deployed, not only in the signer's
+    CLI: a reviewer's `sign_package` made around `sign_approval` carries no override and is refused."""
+    registry, policy, tmp_path = setup
+    ana = reviewers.signer("ana")
+    package = _package(registry, "3", tmp_path)  # v3's gate tag says rejected
+    bare = sign_package(package, NAME, "3", ana)
+    with pytest.raises(RegistryError, match="gate is 'rejected'.*carries no override.*--override"):
+        record_approval(registry, NAME, "3", bare, package, policy)
+    v3 = registry.get_version(NAME, version="3")
+    assert not v3.tags.get(SIGNATURE) and "champion" not in v3.aliases  # nothing recorded, nothing promoted
+    # Written straight into the tag (what anyone with MLflow access can do), it does not deploy either.
+    registry.set_version_tags(NAME, "3", {SIGNATURE: bare.model_dump_json(), REVIEW: "approved"})
+    with pytest.raises(RegistryError, match="gate of bypass-news v3 is 'rejected'.*no gate override"):
+        verify_deployable(registry.get_version(NAME, version="3"), package, policy)
+    # The override is inside the signed manifest: flipping it in the stored bundle breaks the signature.
+    forged = json.loads(bare.model_dump_json())
+    forged["manifest"]["gate_override"] = True
+    registry.set_version_tags(NAME, "3", {SIGNATURE: json.dumps(forged)})
+    with pytest.raises(SignatureError) as err:
+        verify_deployable(registry.get_version(NAME, version="3"), package, policy)
+    assert err.value.problem == SignatureProblem.BAD_SIGNATURE
+    # Deleting the gate tag does not help: a missing gate is not a passed one.
+    registry.set_version_tags(NAME, "3", {SIGNATURE: bare.model_dump_json()})
+    registry.client.delete_model_version_tag(NAME, "3", "fineship.gate")
+    with pytest.raises(RegistryError, match="is 'missing', not passed"):
+        verify_deployable(registry.get_version(NAME, version="3"), package, policy)
+    registry.set_version_tags(NAME, "3", {"fineship.gate": "rejected", SIGNATURE: ""})
+    # With the override signed in, it is accepted, recorded and deploys.
+    overridden = sign_package(package, NAME, "3", ana, gate_override=True, comment="floor was set too high")
+    change = record_approval(registry, NAME, "3", overridden, package, policy)
+    v3 = registry.get_version(NAME, version="3")
+    assert change.to_version == "3" and "champion" in v3.aliases
+    assert v3.tags["approval_override"] == "true" and v3.tags["approval_comment"] == "floor was set too high"
+    assert verify_deployable(v3, _package(registry, "3", tmp_path, "d"), policy).gate_override
+    # Positive control: a bare signature over a version whose gate passed is recorded and deploys, unchanged.
+    package1 = _package(registry, "1", tmp_path)
+    record_approval(registry, NAME, "1", sign_package(package1, NAME, "1", ana), package1, policy)
+    assert verify_deployable(registry.get_version(NAME, version="1"), package1, policy).signer == "ana"
+
+
+def test_deleting_a_rejection_does_not_revive_the_earlier_approval(setup, reviewers):
+    """G5: a rejection withdraws the signature; removing the (unsigned) rejection leaves the version unapproved,
+    and recording the old signature again needs the override."""
+    registry, policy, tmp_path = setup
+    ana = reviewers.signer("ana")
+    approve_as(registry, NAME, "2", ana, policy)
+    old = registry.get_version(NAME, version="2").tags[SIGNATURE]
+    approve_as(registry, NAME, "1", ana, policy)  # v1 becomes champion, so v2 can be rejected
+    reject(registry, NAME, "2", by="bo", comment="worse on tech")
+    v2 = registry.get_version(NAME, version="2")
+    assert v2.tags[SIGNATURE] == "" and v2.tags["fineship.signature_revoked"] == old
+    for key in (REVIEW, "rejected_by", "rejected_at", "rejection_comment"):  # the attacker removes the rejection
+        registry.client.delete_model_version_tag(NAME, "2", key)
+    package = _package(registry, "2", tmp_path)
+    with pytest.raises(RegistryError, match="no signed approval"):
+        verify_deployable(registry.get_version(NAME, version="2"), package, policy)
+    # Re-recording the withdrawn signature while the rejection stands is refused without an override.
+    reject(registry, NAME, "2", by="bo")
+    from components.registry.signing import SignatureBundle
+
+    with pytest.raises(RegistryError, match="rejected by bo.*carries no override"):
+        record_approval(registry, NAME, "2", SignatureBundle.from_json(old), package, policy)
+    assert registry.get_version(NAME, alias="champion").version == "1"
+    # Positive control: v1, approved and never rejected, deploys.
+    assert verify_deployable(registry.get_version(NAME, version="1"), _package(registry, "1", tmp_path), policy)

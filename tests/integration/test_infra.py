@@ -289,10 +289,6 @@ def test_aws_env_to_unset_names_only_redirecting_variables() -> None:
 # --------------------------------------------------------------------------------------------
 
 POOLS = ["process", "ecs", "kubernetes"]
-SAMPLE_VALUES = {
-    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fineship/prod/training:3f2c1ab",
-    "execution_role_arn": "arn:aws:iam::123456789012:role/fineship-ecs-execution",
-}
 
 
 def _pool(kind: str) -> dict[str, Any]:
@@ -302,7 +298,6 @@ def _pool(kind: str) -> dict[str, Any]:
 def _values(template: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     properties = template["variables"]["properties"]
     values = {k: v["default"] for k, v in properties.items() if v.get("default") is not None}
-    values.update({k: v for k, v in SAMPLE_VALUES.items() if k in properties})
     return values | overrides
 
 
@@ -323,9 +318,11 @@ def test_pool_template_passes_prefect_validation_and_its_schema(kind: str) -> No
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     assert list(validator.iter_errors(_values(template))) == []
-    for required in schema.get("required", []):
-        assert "default" not in schema["properties"][required], f"required {required} must not have a default"
-        assert list(validator.iter_errors({k: v for k, v in _values(template).items() if k != required}))
+    assert schema["additionalProperties"] is False  # a run cannot pass variables the template does not declare
+    assert list(validator.iter_errors(_values(template, image="registry.example/evil:1")))
+    # Every value the operator must fill in is marked, so a pool created from the file unedited fails visibly.
+    text = json.dumps(template["job_configuration"])
+    assert ("<operator: " in text) == (kind != "process")
 
 
 def test_process_pool_renders_into_a_process_job_configuration() -> None:
@@ -343,29 +340,33 @@ def test_ecs_pool_renders_a_fargate_task_for_the_training_image() -> None:
     from prefect.utilities.templating import apply_values
 
     template = _pool("ecs")
-    assert template["variables"]["required"] == ["image", "execution_role_arn"]
+    assert "required" not in template["variables"]  # image and roles are the operator's, not variables
     job = apply_values(template["job_configuration"], _values(template))
     task = job["task_definition"]
-    assert task["containerDefinitions"] == [{"image": SAMPLE_VALUES["image"], "name": "prefect"}]
+    (container,) = task["containerDefinitions"]
+    assert container["name"] == "prefect" and container["image"].startswith("<operator: ")
     assert (task["cpu"], task["memory"], task["ephemeralStorage"]) == (2048, 8192, {"sizeInGiB": 50})
-    assert task["executionRoleArn"] == SAMPLE_VALUES["execution_role_arn"]
+    assert task["executionRoleArn"].startswith("<operator: ")
+    assert job["task_run_request"]["overrides"]["taskRoleArn"].startswith("<operator: ")
     assert job["task_run_request"]["launchType"] == "FARGATE"
     assert job["configure_cloudwatch_logs"] is True
     with pytest.raises(jsonschema.ValidationError):  # Fargate's ephemeral storage starts at 21 GiB
         jsonschema.validate(_values(template, ephemeral_storage_gib=10), template["variables"])
+    with pytest.raises(jsonschema.ValidationError):  # not a Fargate CPU size
+        jsonschema.validate(_values(template, cpu=3000), template["variables"])
 
 
 def test_kubernetes_pool_renders_a_non_root_job_with_requests() -> None:
     from prefect.utilities.templating import apply_values
 
     template = _pool("kubernetes")
-    assert template["variables"]["required"] == ["image"]
+    assert "required" not in template["variables"]
     job = apply_values(template["job_configuration"], _values(template, name="retrain"))
     manifest = job["job_manifest"]
     assert manifest["metadata"] == {"namespace": "fineship", "generateName": "retrain-"}
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == SAMPLE_VALUES["image"]
+    assert container["image"].startswith("<operator: ")
     assert container["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["serviceAccountName"] == "fineship-flow-runner"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -134,6 +135,43 @@ def test_auto_promotion_is_pipeline_signed_and_needs_the_policy(registry, tiny_p
     # Where the operator's policy is off, a pipeline-signed version does not deploy.
     with pytest.raises(RegistryError, match="FINESHIP_AUTO_PROMOTE"):
         verify_deployable(v, pkg, reviewers.policy(home, auto_promote=False))
+
+
+def test_auto_promotion_refuses_a_loosened_gate_and_an_unverified_or_missing_champion(registry, tiny_package, tmp_path,
+                                                                                      reviewers):
+    """Under FINESHIP_AUTO_PROMOTE the run's gate is run input: weaker than the operator's floor, or judged against
+    a champion whose approval does not verify (or against no champion while versions exist), the version is
+    registered, tagged with the reasons, and waits for a reviewer; a stricter gate is promoted."""
+    from components.config import GateConfig
+    from tasks.registry import promote_by_policy
+
+    name = f"floor-{tmp_path.name[-10:]}".replace("_", "-")
+    policy = reviewers.policy(tmp_path / "home", auto_promote=True)
+    (v1,) = _register(registry, tiny_package, name, 1)
+
+    def promote(version: str, gate: GateConfig, champion=None):
+        return promote_by_policy.fn(registry, registry.get_version(name, version=version), str(tiny_package), policy,
+                                    gate, GateConfig(), champion, str(tiny_package) if champion else None)
+
+    loosened = promote(v1, GateConfig(min_accuracy=0.0, margin=0.5, max_label_agreement_drop=None))
+    reasons = loosened.tags["fineship.auto_promotion"]
+    assert CHAMPION not in loosened.aliases and "fineship.signature" not in loosened.tags
+    for expected in ("gate.min_accuracy=0.0 (operator floor 0.8)", "gate.margin=0.5 (operator floor 0.01)",
+                     "gate.max_label_agreement_drop=None (operator floor 0.3)"):
+        assert expected in reasons
+    assert CHAMPION in promote(v1, GateConfig(min_accuracy=0.9, margin=0.0)).aliases  # stricter: promoted
+    (v2,) = _register(registry, tiny_package, name, 1)
+    champion = registry.get_version(name, alias=CHAMPION)
+    # someone edits the champion's signature tag: the gate compared v2 with a champion nobody vouches for
+    forged = json.loads(champion.tags["fineship.signature"]) | {"signature": base64.b64encode(bytes(64)).decode()}
+    registry.set_version_tags(name, v1, {"fineship.signature": json.dumps(forged)})
+    refused = promote(v2, GateConfig(), champion=registry.get_version(name, version=v1))
+    assert CHAMPION not in refused.aliases and "the champion v1 it was judged against does not verify" in \
+        refused.tags["fineship.auto_promotion"]
+    # someone removes the champion alias: with earlier versions and no champion, nothing is promoted either
+    registry.client.delete_registered_model_alias(name, CHAMPION)
+    orphan = promote(v2, GateConfig())
+    assert CHAMPION not in orphan.aliases and "none is champion" in orphan.tags["fineship.auto_promotion"]
 
 
 def test_unknown_version(registry, tmp_path):

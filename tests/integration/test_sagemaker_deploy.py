@@ -207,6 +207,73 @@ def test_preflight_runs_once_per_deployment(prefect_api, fineship_env, registry_
     assert preflight_calls.take() == 1
 
 
+
+def _weights_of(registry, name: str, version: str):
+    """The stored weights file of a registered version (where the registry keeps it, not a download)."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    uri = registry.client.get_model_version_download_uri(name, version)
+    root = Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    return next(root.rglob("*.safetensors"))
+
+
+def test_unsigned_untrusted_or_tampered_versions_are_refused_before_any_aws_call(
+        prefect_api, fineship_env, registry_home, aws, packages, texts, monkeypatch):
+    """G7: target=sagemaker refuses an unsigned version, one signed by a key the operator does not trust, and one
+    whose stored files changed after the approval, before any AWS client exists; nothing appears on AWS. The same
+    flow goes on to AWS for the version while its files are as approved (the control)."""
+    from components.errors import RegistryError
+    from components.registry.review import SIGNATURE
+    from components.registry.signing import sign_package
+    from flows.deployment import DeployRequest, deployment_flow
+    from tests.support.reviewers import approve_as
+
+    name, endpoint, registry = "sm-trust", "trust-ep", registry_home.registry
+    run = registry.start_run("sagemaker", "trust")
+    tags = {"fineship.git_commit": "t3st", "fineship.gate": "passed"}
+    v1 = registry.log_and_register(run, packages.a, name, texts, ["transformers"], tags)  # never approved
+    for _ in ("2", "3"):
+        registry.client.create_model_version(name, v1.source, run_id=run, tags=tags)
+    registry.end_run(run)
+    package = registry.download_package(name, "2", registry_home.home / "trust-sign")
+    mallory = registry_home.reviewers.signer("mallory", trusted=False)  # a key pair the operator never trusted
+    registry.set_version_tags(name, "2", {SIGNATURE: sign_package(package, name, "2", mallory).model_dump_json(),
+                                          "fineship.review": "approved", "approved_by": "tester"})
+    approve_as(registry, name, "3", registry_home.reviewers.signer("tester"),
+               registry_home.reviewers.policy(registry_home.home))
+
+    def request(version: str, **extra) -> DeployRequest:
+        return DeployRequest(model_name=name, version=version, target="sagemaker", endpoint_name=endpoint,
+                             sagemaker=FAST, variants=["eager"], **extra)
+
+    def refused(version: str, match: str) -> None:
+        with monkeypatch.context() as mp:
+            mp.setattr(AwsClients, "create", lambda aws: pytest.fail(f"v{version}: an AWS client was built"))
+            with pytest.raises((DeploymentError, RegistryError), match=match):
+                deployment_flow(request(version))
+
+    def nothing_on_aws() -> None:
+        assert _inventory(aws, endpoint, model=name) == {"models": set(), "configs": set(), "objects": set()}
+        assert endpoint not in {e["EndpointName"] for e in aws.clients.sagemaker.list_endpoints()["Endpoints"]}
+        assert locks_held(aws) == []
+
+    before = _moto_state(aws.url)
+    refused("1", "refused: sm-trust v1 has no signed approval")
+    refused("2", "refused: the approval of sm-trust v2 is signed by key [0-9a-f]{16}, which is not in the trust "
+                 "store.*claims to be from mallory")
+    # Control: v3 as approved passes the check and reaches AWS (a dry run reads the endpoint, changes nothing).
+    assert deployment_flow(request("3", dry_run=True)).mode == "create"
+    weights = _weights_of(registry, name, "3")  # now the registry's copy of the weights changes by one bit
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    refused("3", "refused: weights file .*safetensors changed since sm-trust v3 was approved by tester")
+    assert _moto_state(aws.url) == before  # no model, endpoint config, endpoint, object or tag was made
+    nothing_on_aws()
+    assert "fineship.sagemaker.status" not in registry.get_version(name, version="3").tags
+
+
 # -- fault injection at each step: the previous endpoint keeps serving, nothing is orphaned ---------
 
 @pytest.fixture(scope="module")
