@@ -42,7 +42,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FLOW_MODULES = ("flows.training", "tasks.data", "tasks.registry", "tasks.training", "tasks.evaluation")
+def flow_modules() -> list[str]:
+    """`flows.training` and, transitively, the modules of every task it (or a task it calls) imports: the
+    namespaces where a task must be swapped for its `.fn` (derived, so a new task module is never missed)."""
+    import importlib
+
+    from prefect import Task
+
+    modules, todo = [], ["flows.training"]
+    while todo:
+        name = todo.pop()
+        if name in modules:
+            continue
+        modules.append(name)
+        todo += [obj.fn.__module__ for obj in vars(importlib.import_module(name)).values() if isinstance(obj, Task)]
+    return modules
 
 
 def flow_tasks() -> dict[str, Any]:
@@ -52,7 +66,7 @@ def flow_tasks() -> dict[str, Any]:
     from prefect import Task
 
     found: dict[str, Any] = {}
-    for name in FLOW_MODULES:
+    for name in flow_modules():
         for obj in vars(importlib.import_module(name)).values():
             if isinstance(obj, Task):
                 found[obj.name] = obj
@@ -97,7 +111,7 @@ def without_prefect(clock: StageClock) -> Iterator[None]:
     from prefect.logging import disable_run_logger
 
     saved: list[tuple[Any, str, Any]] = []
-    for name in FLOW_MODULES:
+    for name in flow_modules():
         module = importlib.import_module(name)
         for attr, obj in list(vars(module).items()):
             if isinstance(obj, Task):

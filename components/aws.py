@@ -7,9 +7,16 @@ built from the environment in `flows/settings.py: Settings.aws`; nothing is buil
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+TERMINAL_JOB_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
 
 
 class AwsSettings(BaseModel):
@@ -43,3 +50,33 @@ class AwsSettings(BaseModel):
         """A boto3 client for `service` ("s3", "sagemaker", ...), from `session` or a new one."""
         return (session or self.session()).client(service, endpoint_url=self.endpoint_url,
                                                   config=self.botocore_config())
+
+
+def wait_for_job(describe: Callable[[], dict[str, Any]], *, kind: str, name: str, status_key: str,
+                 error: type[Exception], logs_hint: str, stop_command: str, poll_seconds: float,
+                 timeout_seconds: float | None = None, progress: Callable[[dict[str, Any]], str] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Poll a SageMaker job (training, tuning, transform) until it ends: its description when Completed.
+
+    `describe()` returns the job's Describe* response; `status_key` names its status field. A Failed or
+    Stopped job raises `error` with SageMaker's FailureReason and where to look (`logs_hint`); a job still
+    running after `timeout_seconds` raises `error` saying it keeps running and how to stop it (`stop_command`).
+    Each change of status (and of `progress(desc)`, e.g. the secondary status) is logged once.
+    """
+    started, last = time.monotonic(), None
+    while True:
+        desc = describe()
+        status = desc[status_key]
+        shown = (status, progress(desc) if progress else "")
+        if shown != last:
+            log.info("%s %s: %s %s", kind, name, *shown)
+            last = shown
+        if status == "Completed":
+            return desc
+        if status in TERMINAL_JOB_STATUSES:
+            raise error(f"SageMaker {kind} {name} ended {status}: {desc.get('FailureReason') or 'no reason given'}; "
+                        f"{logs_hint}")
+        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+            raise error(f"SageMaker {kind} {name} still {status} after {timeout_seconds:.0f}s; it keeps running: "
+                        f"{stop_command}")
+        sleep(poll_seconds)

@@ -30,6 +30,17 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "fineship-news"
 """The registered model name when none is given (the one place it is written)."""
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+LOCAL_ENDPOINT = "fineship-local"
+"""The local endpoint's name when none is given."""
+ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$"
+"""An endpoint name (SageMaker's rule, applied to local endpoints too)."""
+Variant = Literal["eager", "torchscript", "onnx", "onnx-int8", "bf16"]
+"""A serving variant (components/export/choice.py builds and gates them)."""
+Backend = Literal["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"]
+"""What serves: `auto` (the fastest variant that passed its gate) or one variant."""
+DEFAULT_VARIANTS: tuple[Variant, ...] = ("eager", "onnx", "onnx-int8", "bf16")
+"""What `auto` builds by default; TorchScript (deprecated in torch 2.13, and slower than ONNX Runtime on CPUs
+where measured) only when asked for."""
 
 
 class DriftPolicy(_Section):
@@ -334,25 +345,31 @@ class RegistryConfig(_Section):
         return data
 
 
-class DeployConfig(_Section):
-    target: Literal["local", "none"] = Field("local", description="Where the deployment flow deploys.")
-    endpoint_name: str = Field("fineship-local", pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+class EndpointOptions(_Section):
+    """How a local endpoint serves: the run config's `deploy` section and the deploy-model form share these."""
+
     host: str = Field("127.0.0.1", description="Bind address of a local endpoint (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port of a local endpoint; 0 picks a free one.")
     smoke_texts: list[str] = Field(
-        default_factory=list, description="Texts sent to the endpoint after deploy; empty: test-split examples."
+        default_factory=list, description="Texts sent to the endpoint after deploy; empty: the held-out examples "
+        "registered with the version."
     )
     capture_percent: float = Field(0, ge=0, le=100, description="Local endpoint: capture this percentage of "
                                    "requests and their responses (SageMaker's data-capture layout) for `fineship "
-                                   "monitor`; 0: off.")
+                                   "monitor`; 0: off (SageMaker: sagemaker.data_capture_percent).")
     capture_max_mb: int = Field(100, ge=1, le=100_000, description="Local endpoint: the oldest capture files are "
                                 "deleted once the endpoint's capture passes this size.")
-    backend: Literal["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"] = Field(
+    backend: Backend = Field(
         "auto", description="What serves: auto (the fastest variant that passed the variant gate on the version's "
         "test split, timed on the deployment machine) or one variant, refused when it failed its gate.")
-    variants: list[Literal["eager", "torchscript", "onnx", "onnx-int8", "bf16"]] = Field(
-        default_factory=lambda: ["eager", "onnx", "onnx-int8", "bf16"],
+    variants: list[Variant] = Field(
+        default_factory=lambda: list(DEFAULT_VARIANTS),
         description="Variants built and gated for auto (bf16 only on CPUs with native bf16); [eager] skips the build.")
+
+
+class DeployConfig(EndpointOptions):
+    target: Literal["local", "none"] = Field("local", description="Where the deployment flow deploys.")
+    endpoint_name: str = Field(LOCAL_ENDPOINT, pattern=ENDPOINT_NAME_PATTERN)
 
 
 class MonitorConfig(_Section):

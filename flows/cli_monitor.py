@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from components.config import DEFAULT_MODEL_NAME
+from components.config import DEFAULT_MODEL_NAME, LOCAL_ENDPOINT
 from components.errors import FineshipError
 from flows.cli_common import fail, prepare_env
 
@@ -42,7 +42,7 @@ def monitor_command(
     capture: Optional[str] = typer.Option(
         None, "--capture", help="Captured traffic: a directory inside FINESHIP_HOME, s3://bucket/prefix, or "
         "'sagemaker' (the SageMaker endpoint's data capture). Default: the local endpoint's capture."),
-    endpoint_name: str = typer.Option("fineship-local", "--endpoint-name", help="Endpoint whose capture is read."),
+    endpoint_name: str = typer.Option(LOCAL_ENDPOINT, "--endpoint-name", help="Endpoint whose capture is read."),
     since: Optional[str] = typer.Option(None, "--since", help="Only traffic at or after this ISO time (UTC when no "
                                         "offset), e.g. 2026-01-31T08:00."),
     set_: list[str] = typer.Option([], "--set", "-s", help="A threshold as field=value (repeatable), e.g. "

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from components.config import DEFAULT_MODEL_NAME
+from components.config import DEFAULT_MODEL_NAME, ENDPOINT_NAME_PATTERN, LOCAL_ENDPOINT, EndpointOptions
+from components.config_base import Section
 from components.deploy.local import DeploymentRecord, LocalTarget
 from components.deploy.sagemaker import (
     DeploymentPlan,
@@ -24,7 +25,6 @@ from components.deploy.sagemaker import (
     rollback_alarm_names,
 )
 from components.errors import DeploymentError, DeploymentStepError, ExportError, RegistryError
-from components.export.choice import DEFAULT_VARIANTS
 from components.provenance import git_commit
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.review import approval_bundle
@@ -45,35 +45,24 @@ from tasks.export import export_model
 from tasks.registry import download_version, resolve_version, verify_approval_task
 
 REPO = Path(__file__).resolve().parents[1]
-LOCAL_ENDPOINT = "fineship-local"
-Backend = Literal["auto", "eager", "torchscript", "onnx", "onnx-int8", "bf16"]
-Variant = Literal["eager", "torchscript", "onnx", "onnx-int8", "bf16"]
 
 
-class DeployRequest(BaseModel):
-    """Which registered model version to deploy, and where."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _WhatAndWhere(Section):
+    """The first fields of the deploy-model form: which version, to which target and endpoint."""
 
     model_name: str = Field(DEFAULT_MODEL_NAME, description="Registered model name in MLflow.")
     version: str | None = Field(None, description="Version number to deploy; leave empty to use the alias.")
     alias: str | None = Field(None, description="Alias to deploy (e.g. champion) when no version is given.")
     target: Literal["local", "sagemaker"] = Field("local", description="Where to deploy: a local process or "
                                                   "a SageMaker endpoint.")
-    endpoint_name: str | None = Field(None, pattern=r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$", max_length=63,
+    endpoint_name: str | None = Field(None, pattern=ENDPOINT_NAME_PATTERN, max_length=63,
                                       description="Endpoint name; empty: fineship-local (local) or "
                                       "FINESHIP_SAGEMAKER_ENDPOINT_NAME, else <project>-<environment> (sagemaker).")
-    host: str = Field("127.0.0.1", description="Bind address of the local endpoint.")
-    port: int = Field(8080, ge=0, le=65535, description="Port of the local endpoint; 0 picks a free one.")
-    smoke_texts: list[str] = Field(default_factory=list, description="Texts for the smoke test; empty: the "
-                                   "held-out examples registered with the version.")
-    capture_percent: float = Field(0, ge=0, le=100, description="Local endpoint: capture this percentage of "
-                                   "requests for `fineship monitor` (SageMaker: sagemaker.data_capture_percent).")
-    capture_max_mb: int = Field(100, ge=1, le=100_000, description="Local endpoint: size of its capture files.")
-    backend: Backend = Field("auto", description="What serves: auto (the fastest variant that passed the gate on "
-                             "the version's test split, timed on this machine) or one variant, refused if it failed.")
-    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), description="Variants built "
-                                    "and gated for auto (bf16 only on CPUs with native bf16); [eager] skips the build.")
+
+
+class DeployRequest(EndpointOptions, _WhatAndWhere):
+    """Which registered model version to deploy, and where; the local endpoint's options are the run config's."""
+
     dry_run: bool = Field(False, description="SageMaker: plan and list every AWS call, change nothing.")
     sagemaker: SageMakerOptions = Field(default_factory=SageMakerOptions, description="SageMaker: the endpoint's "
                                         "shape, the blue/green update and the waits (ignored by a local target).")
@@ -92,8 +81,7 @@ class DeployRequest(BaseModel):
 
     def sagemaker_target(self, settings: Settings) -> SageMakerTarget:
         """The SageMaker deployment target: this request's shape, the environment's account and stack."""
-        endpoint = (self.endpoint_name or settings.sagemaker_endpoint_name
-                    or f"{settings.aws_project}-{settings.aws_environment}")
+        endpoint = self.endpoint_name or settings.sagemaker_endpoint
         alarms = (settings.rollback_alarms if settings.rollback_alarms is not None
                   else rollback_alarm_names(settings.aws_project, settings.aws_environment, endpoint))
         return SageMakerTarget(

@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components.config import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, MonitorConfig
+from components.config import (
+    DEFAULT_MODEL_NAME,
+    ENDPOINT_NAME_PATTERN,
+    LOCAL_ENDPOINT,
+    MODEL_NAME_PATTERN,
+    MonitorConfig,
+)
 from components.deploy.sagemaker.plan import capture_destination
 from components.monitoring.capture import resolve_capture_source
 from components.monitoring.drift import MonitorReport
@@ -21,7 +27,6 @@ from flows.hooks import notify_failure
 from flows.settings import Settings
 from tasks.monitoring import compare_traffic, load_monitor_reference, read_captured_traffic, record_monitor_report
 
-LOCAL_ENDPOINT = "fineship-local"
 
 
 class MonitorRequest(BaseModel):
@@ -36,7 +41,7 @@ class MonitorRequest(BaseModel):
     capture: str | None = Field(None, description="Captured traffic: s3://bucket/prefix, 'sagemaker' (the SageMaker "
                                 "endpoint's capture), or a directory inside the fineship home; empty: the local "
                                 "endpoint's own capture.")
-    endpoint_name: str = Field(LOCAL_ENDPOINT, pattern=r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$",
+    endpoint_name: str = Field(LOCAL_ENDPOINT, pattern=ENDPOINT_NAME_PATTERN,
                                description="Endpoint whose capture is read when `capture` is empty or 'sagemaker'.")
     since: datetime | None = Field(None, description="Only traffic at or after this time (UTC when no offset).")
     window_hours: float | None = Field(None, gt=0, le=24 * 366, description="Only the last N hours of traffic "
@@ -56,8 +61,7 @@ def _sagemaker_capture_uri(settings: Settings, endpoint: str | None) -> str | No
     """Where `components/deploy/sagemaker/plan.py` points an endpoint's DataCaptureConfig."""
     if not settings.artifact_bucket:
         return None
-    name = endpoint if endpoint and endpoint != LOCAL_ENDPOINT else (
-        settings.sagemaker_endpoint_name or f"{settings.aws_project}-{settings.aws_environment}")
+    name = endpoint if endpoint and endpoint != LOCAL_ENDPOINT else settings.sagemaker_endpoint
     return capture_destination(settings.artifact_bucket, settings.artifact_prefix, name)
 
 

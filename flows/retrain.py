@@ -33,10 +33,6 @@ def retrain_flow(config: PipelineConfig = PipelineConfig()) -> RetrainOutcome:
                 f"{version.version} with a trusted reviewer key, or the promote deployment), then run deploy-model")
         logger.info(note)
         return RetrainOutcome(training=outcome, note=note)
-    d = config.deploy
-    record = deployment_flow(DeployRequest(model_name=version.name, version=version.version, target=d.target,
-                                           endpoint_name=d.endpoint_name, host=d.host, port=d.port,
-                                           smoke_texts=d.smoke_texts, capture_percent=d.capture_percent,
-                                           capture_max_mb=d.capture_max_mb, backend=d.backend,
-                                           variants=list(d.variants)))
+    record = deployment_flow(DeployRequest(model_name=version.name, version=version.version,
+                                           **config.deploy.model_dump()))
     return RetrainOutcome(training=outcome, deployment=record, note=f"deployed v{version.version} to {record.url}")

@@ -24,7 +24,7 @@ from components.data.validation import ValidationPolicy, ValidationReport, valid
 from components.errors import DataValidationError
 from components.registry.mlflow_registry import MlflowRegistry
 from components.registry.model_card import MANIFEST_ARTIFACT, PROFILE_ARTIFACT, split_params
-from tasks.common import artifact_key, md_table, report_stage, retry_transient
+from tasks.common import RETRIED_IO, artifact_key, md_table, report_stage, retry_transient
 from tasks.results import DATA_CODE_CACHE, DataCheck, ResultJSONSerializer
 
 __all__ = ["DataCheck", "DataInputs", "LoadedDataset", "load_inputs", "split_data", "validate_inputs"]
@@ -238,8 +238,7 @@ def split_data(inputs: DataInputs, config: PipelineConfig) -> Splits:
     return splits
 
 
-@task(name="record-split", timeout_seconds=300, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient)
+@task(name="record-split", timeout_seconds=300, **RETRIED_IO)
 def record_split(registry: MlflowRegistry, run_id: str, config: PipelineConfig, dataset: DatasetRef,
                  splits: Splits) -> None:
     """Write the split to the MLflow run: manifest, the three frames as dataset inputs, digest and sizes."""

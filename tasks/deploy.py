@@ -28,7 +28,7 @@ from components.evaluation.reference import REFERENCE_ARTIFACT, ReferenceSet, re
 from components.export.choice import VARIANTS, VariantReport, choose_backend, describe, write_report
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.serving.backends import load_backend
-from tasks.common import artifact_key, md_table, report_stage, retry_transient
+from tasks.common import RETRIED_IO, artifact_key, md_table, report_stage, retry_transient
 
 VARIANTS_STEP = "serving-variants"
 VARIANTS_ARTIFACT = "deploy/serving_variants.json"
@@ -42,8 +42,7 @@ def expected_predictions(package_dir: str, texts: list[str], backend: str = "eag
     return [p.label for p in load_backend(package_dir, backend).predict(texts)]
 
 
-@task(name="load-test-split", timeout_seconds=300, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(name="load-test-split", timeout_seconds=300, **RETRIED_IO)
 def load_test_split(registry: MlflowRegistry, version: RegisteredVersion) -> ReferenceSet | None:
     """The test split the version was evaluated on (its run's frozen reference set), or None when not stored."""
     if not version.run_id:
@@ -102,8 +101,7 @@ def build_serving_variants(package_dir: str, test_split: ReferenceSet | None, re
     return report
 
 
-@task(name="record-serving-variants", timeout_seconds=120, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(name="record-serving-variants", timeout_seconds=120, **RETRIED_IO)
 def record_serving_variants(registry: MlflowRegistry, version: RegisteredVersion, report: VariantReport) -> None:
     """Mirror the variant report on the model version (tags, for people) and log it to its run (JSON)."""
     registry.set_version_tags(version.name, version.version, describe(report))
@@ -127,8 +125,7 @@ def deploy_local_endpoint(target: LocalTarget, package_dir: str, model_name: str
     return record
 
 
-@task(name="record-deployment-failure", timeout_seconds=120, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(name="record-deployment-failure", timeout_seconds=120, **RETRIED_IO)
 def record_deployment_failure(registry: MlflowRegistry, model_name: str, version: str, step: str, message: str,
                               endpoint_name: str) -> None:
     """Tag the version with the step a SageMaker deployment failed at."""

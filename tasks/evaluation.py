@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -29,15 +28,13 @@ from components.evaluation.render import baseline_markdown, behaviour_markdown, 
 from components.package import load_package, preprocess
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
 from components.registry.model_card import confusion_markdown
-from tasks.common import artifact_key, md_table, report_stage, retry_transient
+from tasks.common import RETRIED_IO, artifact_key, md_table, report_stage
 from tasks.plots import publish_plot
 from tasks.registry import download_version
 
 RECORDED_REPORT = "evaluation/candidate_report.json"
 """The report a run's candidate got on its own test split (written by `evaluate_model` with role 'candidate')."""
 
-_RETRIED: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-                                cache_policy=NO_CACHE)
 
 
 class ChampionRecord(BaseModel):
@@ -125,7 +122,7 @@ def evaluate_model(package_dir: str, splits: Splits, text_col: str, label_col: s
     return report
 
 
-@task(name="load-champion-record", timeout_seconds=300, **_RETRIED)
+@task(name="load-champion-record", timeout_seconds=300, **RETRIED_IO)
 def load_champion_record(registry: MlflowRegistry, version: RegisteredVersion) -> ChampionRecord:
     """The champion's report on its own test split and its frozen reference set (with why, when it has none)."""
     name = f"champion v{version.version}"
@@ -186,7 +183,7 @@ def check_label_consistency(evidence: GateEvidence, train: pd.DataFrame, text_co
     return report
 
 
-@task(name="record-reference-set", timeout_seconds=300, **_RETRIED)
+@task(name="record-reference-set", timeout_seconds=300, **RETRIED_IO)
 def record_reference_set(registry: MlflowRegistry, run_id: str, test: pd.DataFrame, text_col: str,
                          label_col: str) -> None:
     """Store this run's test split with the run: the frozen reference set of any version registered from it."""

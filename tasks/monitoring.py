@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -22,11 +21,9 @@ from components.monitoring.reference import (MONITOR_REFERENCE_ARTIFACT, Traffic
                                              record_reference)
 from components.monitoring.render import monitor_markdown
 from components.registry.mlflow_registry import MlflowRegistry, RegisteredVersion
-from tasks.common import artifact_key, report_stage, retry_transient
+from tasks.common import RETRIED_IO, artifact_key, report_stage
 from tasks.plots import publish_plot
 
-_RETRIED: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-                                cache_policy=NO_CACHE)
 
 
 class ServedReference(BaseModel):
@@ -38,7 +35,7 @@ class ServedReference(BaseModel):
     reference: TrafficReference
 
 
-@task(name="load-monitor-reference", timeout_seconds=900, **_RETRIED)
+@task(name="load-monitor-reference", timeout_seconds=900, **RETRIED_IO)
 def load_monitor_reference(registry: MlflowRegistry, name: str, version: str | None, alias: str | None,
                            work_dir: str) -> ServedReference:
     """The version (by number or alias) and its monitoring profile; a version registered before profiles were
@@ -55,7 +52,7 @@ def load_monitor_reference(registry: MlflowRegistry, name: str, version: str | N
     return ServedReference(version=v, reference=reference)
 
 
-@task(name="read-capture", timeout_seconds=1800, **_RETRIED)
+@task(name="read-capture", timeout_seconds=1800, **RETRIED_IO)
 def read_captured_traffic(source: str, since: datetime | None, aws: AwsSettings,
                           config: MonitorConfig) -> CapturedTraffic:
     """Read the captured requests (a local directory or s3://), newest first, within the configured limits."""

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.aws import wait_for_job
 from components.batch.files import atomic_write_bytes, split_s3
 from components.batch.score import (
     MAX_INPUT_BYTES,
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "transform.json"
 PART = "part-{:05d}.jsonl"  # the input files; SageMaker writes <name>.out for each
-_TERMINAL = {"Completed", "Failed", "Stopped"}
 
 
 class TransformOptions(BaseModel):
@@ -360,24 +360,12 @@ def start_transform(clients: AwsClients, checked: PreflightResult, target: Trans
 def wait_for_transform(sagemaker: Any, name: str, poll_seconds: float, timeout_seconds: float,
                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll until the job ends: its description when Completed, `BatchPredictionError` with the reason otherwise."""
-    started, last = time.monotonic(), None
-    while True:
-        desc = sagemaker.describe_transform_job(TransformJobName=name)
-        status = desc["TransformJobStatus"]
-        if status != last:
-            log.info("transform job %s: %s", name, status)
-            last = status
-        if status == "Completed":
-            return desc
-        if status in _TERMINAL:
-            reason = desc.get("FailureReason") or "no reason given"
-            raise BatchPredictionError(f"transform job {name} ended {status}: {reason}; see its CloudWatch logs "
-                                       f"(/aws/sagemaker/TransformJobs, {name}/*)")
-        if time.monotonic() - started > timeout_seconds:
-            raise BatchPredictionError(f"transform job {name} still {status} after {timeout_seconds:.0f}s; it keeps "
-                                       "running: run the same command again to collect it, or stop it with "
-                                       f"`aws sagemaker stop-transform-job --transform-job-name {name}`")
-        sleep(poll_seconds)
+    return wait_for_job(lambda: sagemaker.describe_transform_job(TransformJobName=name), kind="transform job",
+                        name=name, status_key="TransformJobStatus", error=BatchPredictionError,
+                        logs_hint=f"see its CloudWatch logs (/aws/sagemaker/TransformJobs, {name}/*)",
+                        stop_command="run the same command again to collect it, or stop it with "
+                                     f"`aws sagemaker stop-transform-job --transform-job-name {name}`",
+                        poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, sleep=sleep)
 
 
 def collect_transform(clients: AwsClients, job: TransformJob, input_uri: str, output_uri: str, options: BatchOptions,

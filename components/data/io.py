@@ -143,10 +143,10 @@ def _read_bytes(uri: str, s3_client: Any | None) -> bytes:
         bucket, _, key = uri[5:].partition("/")
         if not bucket or not key:
             raise DataLoadError(f"{uri}: an S3 location must look like s3://bucket/key")
-        if s3_client is None:
-            import boto3  # built only when an s3:// path is actually read
+        if s3_client is None:  # built only when an s3:// path is actually read, with the shared retry policy
+            from components.aws import AwsSettings
 
-            s3_client = boto3.client("s3")
+            s3_client = AwsSettings().client("s3")
         try:
             return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as err:  # botocore raises ClientError / NoSuchKey / EndpointConnectionError

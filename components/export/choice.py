@@ -17,21 +17,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.config import DEFAULT_VARIANTS, Variant  # noqa: F401  (DEFAULT_VARIANTS re-exported)
 from components.errors import ExportError
 from components.export.spec import EXPORT_ROOT, package_weights_sha256
 from components.package import TextClassifier, load_package
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("eager", "torchscript", "onnx", "onnx-int8", "bf16")
+VARIANTS: tuple[str, ...] = get_args(Variant)
 """Every serving variant, in the order they are built (and preferred on equal speed)."""
-DEFAULT_VARIANTS = ("eager", "onnx", "onnx-int8", "bf16")
-"""What `auto` builds by default; TorchScript (deprecated in torch 2.13, and slower than ONNX Runtime on CPUs
-where measured) only when asked for."""
 AUTO = "auto"
 REPORT_FILE = "variants.json"
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from components.aws import wait_for_job
 from components.config import TrainingConfig
 from components.errors import TrainingError
 from components.package import check_package
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 # Not passed to the job: they describe where and how to launch, not what to train.
 _LAUNCH_ONLY = {"backend", "sagemaker", "processes", "checkpoint_dir", "device"}
-_TERMINAL = {"Completed", "Failed", "Stopped"}
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -125,23 +125,12 @@ def upload_channels(s3: Any, frames: dict[str, pd.DataFrame], s3_prefix: str, na
 def wait_for_training_job(sagemaker: Any, name: str, poll_seconds: float = 30.0, timeout_seconds: float | None = None,
                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll until the job ends; its description when Completed, `TrainingError` with the reason otherwise."""
-    started, last = time.monotonic(), None
-    while True:
-        desc = sagemaker.describe_training_job(TrainingJobName=name)
-        status, secondary = desc["TrainingJobStatus"], desc.get("SecondaryStatus")
-        if (status, secondary) != last:
-            log.info("training job %s: %s (%s)", name, status, secondary)
-            last = (status, secondary)
-        if status == "Completed":
-            return desc
-        if status in _TERMINAL:
-            reason = desc.get("FailureReason") or "no reason given"
-            raise TrainingError(f"SageMaker training job {name} ended {status}: {reason}; see its CloudWatch logs "
-                                f"(/aws/sagemaker/TrainingJobs, stream {name}/algo-1-*)")
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise TrainingError(f"SageMaker training job {name} still {status} after {timeout_seconds:.0f}s; it keeps "
-                                f"running: stop it with `aws sagemaker stop-training-job --training-job-name {name}`")
-        sleep(poll_seconds)
+    return wait_for_job(lambda: sagemaker.describe_training_job(TrainingJobName=name), kind="training job",
+                        name=name, status_key="TrainingJobStatus", error=TrainingError,
+                        logs_hint=f"see its CloudWatch logs (/aws/sagemaker/TrainingJobs, stream {name}/algo-1-*)",
+                        stop_command=f"stop it with `aws sagemaker stop-training-job --training-job-name {name}`",
+                        poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
+                        progress=lambda desc: f"({desc.get('SecondaryStatus')})", sleep=sleep)
 
 
 def _safe_extract(archive: bytes, dest: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from components.aws import wait_for_job
 from components.config import TrainingConfig, TuningConfig
 from components.errors import TuningError
 from components.training.sagemaker_job import training_job_request, upload_channels
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 METRIC_LINE = "fineship-metric"
 """Prefix of the line the training entry point prints per objective metric at the end: `fineship-metric name=value`."""
 METRICS = ("val_macro_f1", "val_accuracy", "val_loss")
-_TERMINAL = {"Completed", "Failed", "Stopped"}
 # Fields of a CreateTrainingJob request that a tuning job's TrainingJobDefinition takes as they are.
 _DEFINITION_FIELDS = ("RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig", "StoppingCondition",
                       "EnableManagedSpotTraining", "CheckpointConfig", "Environment")
@@ -108,24 +108,14 @@ def tuning_job_request(name: str, cfg: TrainingConfig, tuning: TuningConfig, cha
 def wait_for_tuning_job(sagemaker: Any, name: str, poll_seconds: float = 60.0, timeout_seconds: float | None = None,
                         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll until the tuning job ends; its description when Completed, `TuningError` with the reason otherwise."""
-    started, last = time.monotonic(), None
-    while True:
-        desc = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        status = desc["HyperParameterTuningJobStatus"]
-        counters = desc.get("TrainingJobStatusCounters") or {}
-        if (status, json.dumps(counters, sort_keys=True)) != last:
-            log.info("tuning job %s: %s %s", name, status, counters)
-            last = (status, json.dumps(counters, sort_keys=True))
-        if status == "Completed":
-            return desc
-        if status in _TERMINAL:
-            raise TuningError(f"SageMaker tuning job {name} ended {status}: {desc.get('FailureReason') or 'no reason'}"
-                              f"; see its training jobs in the SageMaker console")
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise TuningError(f"SageMaker tuning job {name} still {status} after {timeout_seconds:.0f}s; it keeps "
-                              f"running: stop it with `aws sagemaker stop-hyper-parameter-tuning-job "
-                              f"--hyper-parameter-tuning-job-name {name}`")
-        sleep(poll_seconds)
+    return wait_for_job(lambda: sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+                        kind="tuning job", name=name, status_key="HyperParameterTuningJobStatus", error=TuningError,
+                        logs_hint="see its training jobs in the SageMaker console",
+                        stop_command="stop it with `aws sagemaker stop-hyper-parameter-tuning-job "
+                                     f"--hyper-parameter-tuning-job-name {name}`",
+                        poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
+                        progress=lambda desc: json.dumps(desc.get("TrainingJobStatusCounters") or {}, sort_keys=True),
+                        sleep=sleep)
 
 
 def _record(summary: dict[str, Any], number: int) -> TrialRecord:

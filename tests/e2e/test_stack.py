@@ -103,7 +103,7 @@ def test_stack_retrain_and_deploy_through_the_api(stack, tiny_bert):
     assert registry.get_version("stack-news", version="1").tags["approved_by"] == "rita"
     run = run_deployment("deployment/deploy-model", timeout=600, poll_interval=2, parameters={
         "request": {"model_name": "stack-news", "version": "1", "target": "local", "endpoint_name": "stack-e2e",
-                    "port": 0}})
+                    "port": 0, "variants": ["eager"]}})  # the variants' build: test_pipeline.py, test_variants.py
     assert run.state.is_completed(), run.state.message
     from components.deploy.local import read_record
 

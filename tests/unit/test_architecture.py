@@ -3,6 +3,7 @@ without cycles. (components/ importing no Prefect is tests/unit/test_layout.py.)
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,19 +126,76 @@ def test_cycles_are_found_and_shown(graph, expected):
     assert cycles(graph) == expected
 
 
+def _flow_functions():
+    """(module path, ast of the function) of every `@flow` in flows/."""
+    import ast
+
+    for path in sorted((REPO / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    getattr(d.func if isinstance(d, ast.Call) else d, "id", "") == "flow" for d in node.decorator_list):
+                yield path.relative_to(REPO), node
+
+
+REGISTRY_WRITES = {"log_dict", "log_text", "log_params", "log_metrics", "log_metric_batch", "log_artifact", "log_dir",
+                   "set_tags", "set_version_tags", "log_and_register", "start_run", "end_run", "set_alias",
+                   # the review component's writes
+                   "approve", "record_approval", "reject", "auto_promote", "move_alias", "rollback", "sign_approval"}
+
+
 def test_flows_only_compose():
-    """The training flow's body stays short: task calls and control flow, no work of its own."""
+    """Every flow composes tasks: no registry write in a flow body (each is a retried, visible task), one registry
+    object per flow run, and the training flow's body stays short."""
+    import ast
+
+    flows = dict(((str(path), node.name), node) for path, node in _flow_functions())
+    assert len(flows) >= 7, f"expected the project's flows, found {sorted(flows)}"
+    for (path, name), fn in flows.items():
+        calls = [n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                 for n in ast.walk(fn) if isinstance(n, ast.Call)]
+        writes = set(calls) & REGISTRY_WRITES
+        assert not writes, f"{path}:{name} writes to the registry in its body (make it a task): {writes}"
+        assert calls.count("MlflowRegistry") <= 1, f"{path}:{name} builds more than one registry object"
+    training = flows[("flows/training.py", "training_flow")]
+    body = training.body[1:] if isinstance(training.body[0], ast.Expr) else training.body  # the docstring does not count
+    lines = body[-1].end_lineno - body[0].lineno + 1
+    assert lines <= 60, f"training_flow's body is {lines} lines: move the work into tasks and components"
+
+
+def test_only_flows_and_the_cli_build_a_registry_and_only_aws_settings_build_clients():
+    """Tasks and components receive the flow's one registry object; every boto3 client comes from `AwsSettings`."""
+    offenders = [str(p.relative_to(REPO)) for d in ("tasks", "components") for p in (REPO / d).rglob("*.py")
+                 if "MlflowRegistry(" in p.read_text()]
+    assert offenders == [], f"a registry is built outside flows/: {offenders}"
+    raw_clients = [str(p.relative_to(REPO)) for d in ("tasks", "components", "flows") for p in (REPO / d).rglob("*.py")
+                   if p.name != "aws.py" and re.search(r"boto3\.(client|resource)\(|\.session\.Session\(",
+                                                       p.read_text())]
+    assert raw_clients == [], f"boto3 clients built outside components/aws.py (no retry policy): {raw_clients}"
+
+
+def test_the_registry_object_leaves_the_process_environment_alone(tmp_path):
+    import os
+
+    from components.registry.mlflow_registry import MlflowRegistry, local_tracking_uri
+
+    before = dict(os.environ)
+    MlflowRegistry(local_tracking_uri(tmp_path / "mlflow.db"), tmp_path / "artifacts")
+    assert dict(os.environ) == before
+
+
+def test_the_overhead_benchmark_swaps_every_task_the_training_flow_calls():
+    """benchmarks/overhead.py times the real flow with each task replaced by its `.fn`: every task the flow body
+    calls must be among those it finds (derived from the flow's imports, so a new task cannot be missed)."""
     import ast
     import inspect
 
-    from flows.training import training_flow
+    from prefect import Task
 
-    fn = ast.parse(inspect.getsource(training_flow.fn)).body[0]
-    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) else fn.body  # the docstring does not count
-    lines = body[-1].end_lineno - body[0].lineno + 1
-    assert lines <= 60, f"training_flow's body is {lines} lines: move the work into tasks and components"
-    calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
-             for n in ast.walk(fn) if isinstance(n, ast.Call)}
-    registry_writes = {"log_dict", "log_text", "log_params", "log_metrics", "set_tags", "set_version_tags",
-                       "log_and_register", "start_run", "end_run", "set_alias"}
-    assert not calls & registry_writes, f"registry writes in the flow body (make them tasks): {calls & registry_writes}"
+    import flows.training
+    from benchmarks.overhead import flow_tasks
+
+    fn = ast.parse(inspect.getsource(flows.training.training_flow.fn))
+    called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    tasks = {name for name in called if isinstance(getattr(flows.training, name, None), Task)}
+    assert len(tasks) >= 10
+    assert {getattr(flows.training, name).name for name in tasks} <= set(flow_tasks())

@@ -50,3 +50,26 @@ def test_settings_are_typed_and_closed():
     with pytest.raises(ValidationError, match="max_attempts"):
         AwsSettings(max_attempts=-1)
     assert AwsSettings().region is None and AwsSettings().endpoint_url is None
+
+
+def test_one_waiter_serves_training_tuning_and_transform_jobs():
+    """The three SageMaker job kinds share `wait_for_job`: Completed returns, Stopped and a timeout raise with
+    what to do, and each status change is polled at the given interval."""
+    from components.aws import wait_for_job
+
+    class Stuck(Exception):
+        pass
+
+    def describe_from(statuses):
+        it = iter(statuses)
+        return lambda: {"JobStatus": next(it), "FailureReason": "stopped by user"}
+
+    naps: list[float] = []
+    common = dict(kind="transform job", name="j-1", status_key="JobStatus", error=Stuck, logs_hint="see logs",
+                  stop_command="stop it with `aws sagemaker stop-transform-job`", sleep=naps.append)
+    done = wait_for_job(describe_from(["InProgress", "InProgress", "Completed"]), poll_seconds=7, **common)
+    assert done["JobStatus"] == "Completed" and naps == [7, 7]
+    with pytest.raises(Stuck, match="j-1 ended Stopped: stopped by user; see logs"):
+        wait_for_job(describe_from(["InProgress", "Stopped"]), poll_seconds=1, **common)
+    with pytest.raises(Stuck, match=r"still InProgress after 0s; it keeps running: stop it with"):
+        wait_for_job(lambda: {"JobStatus": "InProgress"}, poll_seconds=1, timeout_seconds=0, **common)

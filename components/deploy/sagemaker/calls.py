@@ -85,7 +85,7 @@ def wait_in_service(clients: AwsClients, name: str, config: dict[str, Any]) -> d
         if status == "Failed":
             raise DeploymentError(
                 f"endpoint {name} ended in Failed: {last.get('FailureReason', 'no reason given')}") from None
-        if "Max attempts exceeded" in str(err):
+        if err.kwargs.get("reason") == "Max attempts exceeded":  # botocore's structured reason, not the message
             raise DeploymentError(f"endpoint {name} was not InService within {seconds:.0f} s (still {status}); "
                                   "raise the wait timeout or see its CloudWatch logs") from None
         raise DeploymentError(f"waiting for endpoint {name} failed: {err}") from None
