@@ -434,6 +434,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def endpoint_overrides(items: list[str]) -> dict[str, Any]:
+    """`deploy.<field>=<value>` overrides of `EndpointOptions` (as `fineship run --set`), for `fineship deploy`."""
+    fields = ", ".join(EndpointOptions.model_fields)
+    values: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_override(item)
+        section, _, field = key.partition(".")
+        if section != "deploy" or field not in EndpointOptions.model_fields:
+            raise ConfigError(f"override '{item}' must look like deploy.<field>=<value> or sagemaker.<field>=<value>; "
+                              f"the deploy fields are {fields}")
+        values[field] = value
+    return values
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():

@@ -131,12 +131,8 @@ def _run(cfg, deploy: bool, console) -> None:
         summary["links"]["prefect_runs"] = f"{os.environ['PREFECT_UI_URL']}/runs"
     if deploy and cfg.deploy.target != "none" and "champion" in reg.aliases:
         try:
-            record = deployment_flow(DeployRequest(
-                model_name=reg.name, version=reg.version, target=cfg.deploy.target,
-                endpoint_name=cfg.deploy.endpoint_name, host=cfg.deploy.host, port=cfg.deploy.port,
-                smoke_texts=cfg.deploy.smoke_texts, capture_percent=cfg.deploy.capture_percent,
-                capture_max_mb=cfg.deploy.capture_max_mb, backend=cfg.deploy.backend,
-                variants=list(cfg.deploy.variants)))
+            record = deployment_flow(DeployRequest(model_name=reg.name, version=reg.version,
+                                                   **cfg.deploy.model_dump()))
         except FineshipError as err:
             console.fail(err, 4, f"deploying {reg.name} v{reg.version} (registered; any endpoint already running keeps serving)")
         summary["endpoint"] = _endpoint_summary(record, outcome.smoke_texts[0])
@@ -271,10 +267,11 @@ def deploy(
                                  "and change nothing."),
     backend: str = typer.Option("auto", "--backend", help="What serves: auto (the fastest variant that passed its "
                                 "gate on the version's test split), eager, torchscript, onnx, onnx-int8 or bf16."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="sagemaker: an option as sagemaker.field=value "
-                                   "(repeatable), e.g. sagemaker.instance_type=ml.c5.xlarge, "
-                                   "sagemaker.serverless_memory_mb=2048, sagemaker.strategy=canary; the fields are "
-                                   "those of components.deploy.sagemaker.SageMakerOptions."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="An option as deploy.field=value (as `fineship run "
+                                   "--set`: the local endpoint's, e.g. deploy.capture_percent=10, "
+                                   "deploy.variants=[eager]) or sagemaker.field=value (e.g. "
+                                   "sagemaker.instance_type=ml.c5.xlarge, sagemaker.strategy=canary; the fields of "
+                                   "components.deploy.sagemaker.SageMakerOptions); repeatable."),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Deploy a registered model version (by number or alias) to a local endpoint or to SageMaker."""
@@ -284,14 +281,18 @@ def deploy(
     from components.deploy.sagemaker import parse_options
     from flows.deployment import DeployRequest, deployment_flow
 
+    from components.config import endpoint_overrides
+
+    sagemaker_sets = [s for s in set_ if s.strip().startswith("sagemaker.")]
     try:
-        options = parse_options([*set_, *(["sagemaker.torchscript=true"] if torchscript else [])])
+        options = parse_options([*sagemaker_sets, *(["sagemaker.torchscript=true"] if torchscript else [])])
+        endpoint = {"port": port, "backend": backend} | endpoint_overrides(
+            [s for s in set_ if s not in sagemaker_sets])
     except FineshipError as err:
         _fail(err, 2)
     try:
         request = DeployRequest(model_name=model, version=version, alias=alias, target=target,
-                                endpoint_name=endpoint_name, port=port, dry_run=dry_run, sagemaker=options,
-                                backend=backend)
+                                endpoint_name=endpoint_name, dry_run=dry_run, sagemaker=options, **endpoint)
     except ValidationError as err:
         _fail(FineshipError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
                                       for e in err.errors())), 2)

@@ -504,6 +504,9 @@ def test_cli_deploy_takes_sagemaker_options_as_set_overrides(tmp_path, monkeypat
         (["--target", "sagemaker", "--set", "sagemaker.instance_cnt=2"], "sagemaker.instance_cnt: unknown field"),
         (["--target", "sagemaker", "-s", "sagemaker.serverless_memory_mb=1000"], "sagemaker.serverless_memory_mb"),
         (["--target", "sagemaker", "--set", "instance_count=2"], "sagemaker.<field>=<value>"),
+        (["--set", "deploy.capture_pct=10"], "deploy.<field>=<value>"),  # the local endpoint's fields, as fineship run
+        (["--set", "deploy.capture_percent=150"], "capture_percent"),
+        (["--set", "deploy.variants=[fast]"], "variants"),
         (["--set", "sagemaker.instance_count=2"], "apply to --target sagemaker only"),
         (["--torchscript"], "apply to --target sagemaker only"),
     ]
