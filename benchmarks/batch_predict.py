@@ -125,6 +125,17 @@ def run_one_at_a_time(pkg: Path, texts: list[str], n: int, workdir: Path, args: 
     return {"rows": n, "seconds": seconds, "rows_per_s": n / seconds}
 
 
+def chart(dataset: str, big: dict, small: dict, loop: dict) -> str:
+    """docs/img/batch_predict.png: rows/s of the two paths, and peak memory at the two file sizes."""
+    from benchmarks._report import bar_chart
+
+    return bar_chart("batch_predict", "Batch prediction on 2 cores (rows/s, higher is better; peak RSS)",
+                     {dataset: {"fineship predict (streamed file)": big["rows_per_s"],
+                                "one text per /invocations request": loop["rows_per_s"]}}, "rows/s",
+                     second=("peak RSS MiB", {dataset: {f"{big['rows']:,} rows": big["peak_mib"],
+                                                        f"{small['rows']:,} rows": small["peak_mib"]}}))
+
+
 def doc_body(args: argparse.Namespace, big: dict, small: dict, loop: dict, started: float, load_before: str) -> str:
     from benchmarks._report import machine
 
@@ -149,7 +160,8 @@ def doc_body(args: argparse.Namespace, big: dict, small: dict, loop: dict, start
              f"{small['rows']:,} rows (flat in the file's size: one chunk of {args.chunk_rows:,} rows at a time).",
              "", "Where the difference comes from: one request per text pays a forward pass of batch size one, an "
              "HTTP round trip and JSON encoding per row; the batch path scores each chunk in length-sorted batches "
-             "padded only to their longest text, and writes rows straight to the output."]
+             "padded only to their longest text, and writes rows straight to the output.", "",
+             chart(args.dataset, big, small, loop)]
     return "\n".join(lines)
 
 
