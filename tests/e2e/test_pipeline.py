@@ -67,7 +67,9 @@ def test_train_register_deploy_and_predict_over_http(prefect_harness, fineship_h
     assert all(i.dataset.digest.startswith(outcome.split_digest) for i in inputs)
 
     approve_as(registry, "e2e-news", "1", reviewers.signer("ana"), Settings().review_policy())  # a trusted reviewer
-    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0))
+    # eager: building and gating the serving variants runs in the SageMaker flow test (v1, backend auto) and in
+    # tests/model/test_variants.py
+    record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0, variants=["eager"]))
     assert record.model_version == "1"
     texts = ["The striker scored twice in the cup final.", "Shares fell after the profit warning."]
     r = httpx.post(f"{record.url}/invocations", json={"inputs": texts}, timeout=30)
@@ -148,7 +150,6 @@ def test_second_run_is_gated_against_champion_and_deploy_needs_approval(prefect_
         deployment_flow(DeployRequest(model_name="e2e-news", version="1", port=0))
 
     approve_as(registry, "e2e-news", "2", reviewers.signer("reviewer"), Settings().review_policy())
-    # eager only: test_train_register_deploy_and_predict_over_http builds and gates every serving variant (auto)
     record = deployment_flow(DeployRequest(model_name="e2e-news", alias="champion", port=0, variants=["eager"]))
     assert record.model_version == "2"
     version = registry.get_version("e2e-news", version="2")
