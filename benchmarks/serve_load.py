@@ -305,6 +305,21 @@ def token_stats(dataset: str, workdir: Path) -> str:
     return f"median {lengths[len(lengths) // 2]} tokens, {sum(n >= MAX_LENGTH for n in lengths) / len(lengths):.0%} at 128"
 
 
+def chart(rows: list[dict]) -> str:
+    """docs/img/serve_load.png: req/s and p99 of each server (fineship: the variant it served) per dataset and load."""
+    from benchmarks._report import bar_chart
+
+    rps: dict[str, dict[str, float]] = {}
+    p99: dict[str, dict[str, float]] = {}
+    for r in rows:
+        group = f"{r['dataset']}, {r['clients']} client{'s' if r['clients'] > 1 else ''}"
+        name = r["server"] if r["server"] == "tutorial" else f"{r['server']} ({r['backend']})"
+        rps.setdefault(group, {})[name] = r["rps"]
+        p99.setdefault(group, {})[name] = r["p99_ms"]
+    return bar_chart("serve_load", "Serving load on 2 cores: req/s (higher is better), p99 ms (lower is better)",
+                     rps, "req/s", second=("p99 ms", p99))
+
+
 def doc_body(rows: list[dict], args: argparse.Namespace, workdir: Path, started: float) -> str:
     """The "Serving load" section of docs/benchmarks.md, but for the RESULT line."""
     from benchmarks._report import machine
@@ -339,7 +354,8 @@ def doc_body(rows: list[dict], args: argparse.Namespace, workdir: Path, started:
     lines += ["", "Texts: " + "; ".join(f"{d}: {token_stats(d, workdir)}" for d in args.datasets) + ".", "", why]
     s16 = speedup(rows, args.datasets[0], max(args.clients))[0]
     verdict = "met" if s16 >= 3 else "MISSED"
-    lines += ["", f"Target (speedup >= 3 at {max(args.clients)} clients, {args.datasets[0]}): **{verdict}** ({s16:.2f}x)."]
+    lines += ["", f"Target (speedup >= 3 at {max(args.clients)} clients, {args.datasets[0]}): **{verdict}** ({s16:.2f}x).",
+              "", chart(rows)]
     return "\n".join(lines)
 
 
