@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict
 from components.config import GateConfig, PipelineConfig
 from components.data.io import DatasetRef
 from components.data.profile import DataProfile
-from components.errors import FineshipError
 from components.evaluation.gate_floor import weaker_than
 from components.monitoring.reference import record_reference
 from components.package import load_package
@@ -32,9 +31,11 @@ from components.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, run_
 from components.registry.package_check import verify_package
 from components.registry.review import (
     CHAMPION,
+    MAX_TAG,
     AliasChange,
     ReviewPolicy,
     auto_promote,
+    auto_promotion_blockers,
     record_approval,
     reject,
     verify_deployable,
@@ -155,17 +156,10 @@ def promote_by_policy(registry: MlflowRegistry, version: RegisteredVersion, pack
     Not when the run's gate is weaker than the operator's floor (FINESHIP_AUTO_PROMOTE_GATE), nor when the champion
     it was judged against does not verify (or earlier versions exist but none is champion): then the version is
     registered, tagged with the reasons, and waits for a reviewer."""
-    blockers = weaker_than(gate, floor)
-    if champion is not None and champion_dir is not None:
-        try:
-            verify_deployable(champion, champion_dir, policy)
-        except FineshipError as err:
-            blockers.append(f"the champion v{champion.version} it was judged against does not verify ({err})")
-    elif any(v.version != version.version for v in registry.list_versions(version.name)):
-        blockers.append("earlier versions exist but none is champion, so the gate compared it with nothing")
+    blockers = auto_promotion_blockers(registry, version, policy, weaker_than(gate, floor), champion, champion_dir)
     if blockers:
         registry.set_version_tags(version.name, version.version,
-                                  {"fineship.auto_promotion": ("refused: " + "; ".join(blockers))[:4000]})
+                                  {"fineship.auto_promotion": ("refused: " + "; ".join(blockers))[:MAX_TAG]})
         report_stage("promote", "%s v%s is NOT auto-promoted and awaits a reviewer (fineship approve %s %s): %s",
                      version.name, version.version, version.name, version.version, "; ".join(blockers))
         return registry.get_version(version.name, version=version.version)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.errors import RegistryError, SignatureError, SignatureProblem
+from components.errors import FineshipError, RegistryError, SignatureError, SignatureProblem
 from components.registry.keys import (
     TRUSTED_REVIEWERS_ENV,
     Signer,
@@ -188,6 +188,23 @@ def reject(registry: MlflowRegistry, name: str, version: str, by: str, comment: 
     revoked = {SIGNATURE: "", REVOKED: v.tags[SIGNATURE][:MAX_TAG]} if v.tags.get(SIGNATURE) else {}
     registry.set_version_tags(name, version, {REVIEW: "rejected", "rejected_by": by, "rejected_at": _now(),
                                               "rejection_comment": comment, **revoked})
+
+
+def auto_promotion_blockers(registry: MlflowRegistry, version: RegisteredVersion, policy: ReviewPolicy,
+                            weaker_gate: list[str], champion: RegisteredVersion | None,
+                            champion_dir: str | Path | None) -> list[str]:
+    """Why the pipeline must not promote `version` on its own: its run's gate was weaker than the operator's floor
+    (`weaker_gate`, from `components.evaluation.gate_floor.weaker_than`), the champion it was judged against does not
+    verify, or earlier versions exist but none is champion (the gate compared it with nothing). Empty: promote."""
+    blockers = list(weaker_gate)
+    if champion is not None and champion_dir is not None:
+        try:
+            verify_deployable(champion, champion_dir, policy)
+        except FineshipError as err:
+            blockers.append(f"the champion v{champion.version} it was judged against does not verify ({err})")
+    elif any(v.version != version.version for v in registry.list_versions(version.name)):
+        blockers.append("earlier versions exist but none is champion, so the gate compared it with nothing")
+    return blockers
 
 
 def auto_promote(registry: MlflowRegistry, name: str, version: str, package_dir: str | Path,
