@@ -509,9 +509,9 @@ def endpoint_status(name: str = typer.Argument(LOCAL_ENDPOINT),
 @endpoint_app.command("stop")
 def endpoint_stop(name: str = typer.Argument(LOCAL_ENDPOINT)) -> None:
     """Stop a local endpoint."""
-    from components.deploy.local import endpoint_lock, stop_endpoint
+    from components.deploy.local import LOCK_TIMEOUT_S, endpoint_lock, stop_endpoint
 
-    with endpoint_lock(_state_dir(), name, timeout=300):  # never in the middle of a deployment's handover
+    with endpoint_lock(_state_dir(), name, timeout=LOCK_TIMEOUT_S):  # never in the middle of a deployment's handover
         stopped = stop_endpoint(_state_dir(), name)
     typer.echo(f"stopped {name}" if stopped else f"{name} was not running")
 
@@ -523,10 +523,10 @@ def endpoint_delete(name: str = typer.Argument(..., help="Endpoint name."),
                     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
     """Delete an endpoint: stop and forget a local one; delete a SageMaker endpoint with the configs and models
     fineship made for it (model artifacts in S3 are kept)."""
-    from components.deploy.local import endpoint_lock, read_record, stop_endpoint
+    from components.deploy.local import LOCK_TIMEOUT_S, endpoint_lock, read_record, stop_endpoint
 
     if target in ("auto", "local") and read_record(_state_dir(), name) is not None:
-        with endpoint_lock(_state_dir(), name, timeout=300):
+        with endpoint_lock(_state_dir(), name, timeout=LOCK_TIMEOUT_S):
             stop_endpoint(_state_dir(), name)
         typer.echo(f"deleted local endpoint {name}")
         return

@@ -41,6 +41,8 @@ LOCK = "endpoint-lock"
 # A downloaded package younger than this is never pruned: another deployment of the endpoint may be about to
 # start it (it was downloaded before that deployment waited for the lock).
 PRUNE_GRACE_S = 2 * 3600
+LOCK_TIMEOUT_S = 300.0
+"""How long a deployment (or `fineship endpoint stop`) waits for another deployment of the endpoint."""
 
 
 class DeploymentRecord(BaseModel):
@@ -75,7 +77,7 @@ class LocalTarget(BaseModel):
     port: int = 0
     capture_percent: float = Field(0, ge=0, le=100, description="Data capture for `fineship monitor`; 0: off.")
     capture_max_mb: int = Field(100, ge=1, description="Total size of the endpoint's capture files.")
-    lock_timeout: float = Field(300, ge=0, description="Seconds to wait while another deployment of this endpoint "
+    lock_timeout: float = Field(LOCK_TIMEOUT_S, ge=0, description="Seconds to wait while another deployment of this endpoint "
                                 "runs before giving up.")
 
 
