@@ -220,7 +220,9 @@ class TrainingConfig(_Section):
         DEFAULT_MODEL,
         description="Hugging Face model id or local path; 'default' is the embedded all-MiniLM-L6-v2.",
     )
-    max_length: int = Field(128, ge=8, le=4096, description="Tokens per model input; see long_text for longer texts.")
+    max_length: int | None = Field(None, ge=8, le=4096, description="Tokens per model input; see long_text for longer "
+                                   "texts. Unset: from the data (95% of training texts fit, 32..128; "
+                                   "components/training/recipe.py).")
     long_text: LongText = Field("truncate", description="How a text over max_length is read in training and by every "
                                 "consumer of the package: 'truncate', 'head_tail' (first quarter + end) or 'chunks' "
                                 "(overlapping windows, mean logits). See components/long_text.py.")
@@ -228,11 +230,12 @@ class TrainingConfig(_Section):
                                          "max_length / 2; unset: a quarter of max_length.")
     max_windows: int = Field(DEFAULT_MAX_WINDOWS, ge=1, le=64, description="chunks: most windows per text (spread "
                              "evenly, first and last kept); bounds what one text costs a server.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples (chunks: windows) per micro-batch and process.")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Examples (chunks: windows) per micro-batch and "
+                                   "process. Unset: 16, with batch_tokens 16 x max_length.")
     batch_tokens: int | None = Field(
         None, ge=8, le=1_048_576, description="Token budget per micro-batch instead of a fixed count: a batch holds "
         "as many length-sorted rows as fit rows x longest row <= batch_tokens (at least one), so batches of short "
-        "texts are larger and long ones smaller; unset: batch_size rows.")
+        "texts are larger and long ones smaller; unset: batch_size rows (both unset: 16 x max_length).")
     attention_dropout: float | None = Field(
         0.0, ge=0, lt=1, description="Dropout on attention probabilities during fine-tuning (BERT's "
         "attention_probs_dropout_prob, DistilBERT's attention_dropout, GPT-2's attn_pdrop). 0 lets PyTorch's fused "
@@ -240,10 +243,13 @@ class TrainingConfig(_Section):
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches per optimizer step; the effective batch is "
         "batch_size x gradient_accumulation_steps x processes.")
-    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak AdamW learning rate. Unset: by model "
+                                        "width (1e-4 MiniLM, 5e-5 base models, 2e-5 larger).")
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay (not on biases and norms).")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up.")
-    epochs: int = Field(3, ge=1, le=1000)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Share of steps with linear warm-up. Unset: "
+                                       "10% of the steps, at least 20 of them (at most a quarter).")
+    epochs: int | None = Field(None, ge=1, le=1000, description="Passes over the training split. Unset: 3, or 2 "
+                               "when every class has 2,000 training texts or more.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (shrink knob).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: largest global L2 norm.")
     eval_every_steps: int | None = Field(
@@ -276,7 +282,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _stride_below_half_window(self) -> TrainingConfig:
-        if self.long_text_stride is not None and self.long_text_stride >= self.max_length // 2:
+        if (self.long_text_stride is not None and self.max_length is not None
+                and self.long_text_stride >= self.max_length // 2):
             raise ValueError(f"long_text_stride {self.long_text_stride} must be below max_length / 2 "
                              f"({self.max_length // 2}) so that windows advance; lower it or raise max_length")
         return self

@@ -92,7 +92,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> TrainingOutcome:
             registered = register_model(
                 registry, trained.package_dir, name, run_id, smoke_texts,
                 version_tags(config, inputs.main.ref, splits.manifest, labels, candidate, decision, run_id),
-                model_card(config, inputs.main.ref, candidate, decision, champion_report), settings.mlflow_ui_url,
+                model_card(config, inputs.main.ref, candidate, decision, champion_report, trained), settings.mlflow_ui_url,
                 idempotency_key=f"prefect-flow-run:{flow_run.root_flow_run_id or flow_run.id}")
             if settings.auto_promote:  # operator policy (FINESHIP_AUTO_PROMOTE), never a run parameter
                 registered = promote_by_policy(registry, registered, trained.package_dir, settings.review_policy(),

@@ -17,7 +17,9 @@ from components.data.split import Splits
 from components.evaluation.plots import plot_training_curves
 from components.registry.metric_buffer import MetricBuffer, OutageSettings
 from components.registry.mlflow_registry import MlflowRegistry
+from components.registry.review import MAX_TAG
 from components.training.checkpoint import prune_run_dirs, run_checkpoint_dir
+from components.training.recipe import RECIPE_FIELDS, Choice, resolve_recipe
 from components.training.replay import replayed_metrics
 from components.training.trainer import TrainedModel, train
 from tasks.common import artifact_key, md_table, report_stage
@@ -29,13 +31,22 @@ KEEP_RUN_CHECKPOINTS = 2
 
 
 def _params(cfg: TrainingConfig) -> dict[str, Any]:
+    """The run's `training.*` parameters; unset recipe settings are left out (logged once chosen: MLflow
+    parameters cannot change)."""
     flat: dict[str, Any] = {}
     for key, value in cfg.model_dump(mode="json").items():
         if isinstance(value, dict):
             flat.update({f"training.{key}.{k}": v for k, v in value.items()})
-        else:
+        elif not (key in RECIPE_FIELDS and value is None):
             flat[f"training.{key}"] = value
     return flat
+
+
+def _record_recipe(registry: MlflowRegistry, run_id: str, lines: list[str]) -> None:
+    """The recipe's stage line and the run's `fineship.recipe` tag (nothing when the configuration set it all)."""
+    if lines:
+        report_stage("recipe", "%s", "; ".join(lines))
+        registry.set_tags(run_id, {"fineship.recipe": "; ".join(lines)[:MAX_TAG]})
 
 
 def _log_history(buffer: MetricBuffer, trained: TrainedModel) -> None:
@@ -93,6 +104,11 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
     `mlflow_ui_url`, if any, and embedded in the training report).
     """
     logger = get_run_logger()
+    choices: list[Choice] = []
+    if cfg.backend != "sagemaker":  # a SageMaker job chooses in its container, where the model is
+        cfg, choices = resolve_recipe(cfg, splits.train[text_col].tolist(),
+                                      splits.train[label_col].astype(str).tolist(), cfg.processes)
+        _record_recipe(registry, run_id, [c.line() for c in choices])
     cfg = _with_default_checkpoints(cfg, checkpoint_root, labels, splits, text_col, label_col)
     registry.log_params(run_id, _params(cfg))
     cols = [text_col, label_col]
@@ -110,6 +126,10 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
                 on_started=lambda job: buffer.set_tags({"fineship.sagemaker_training_job": job}),
                 tags={"fineship:mlflow_run_id": run_id})
             _log_history(buffer, trained)
+            if trained.training is not None:  # what the job's recipe chose: parameters unset until now
+                registry.log_params(run_id, {f"training.{k}": getattr(trained.training, k) for k in RECIPE_FIELDS
+                                             if getattr(cfg, k) is None})
+                _record_recipe(registry, run_id, trained.recipe)
         elif cfg.processes > 1:
             from components.training.launch import train_with_torchrun
 
@@ -160,6 +180,7 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
         f"# Training on {where}\n\n{trained.steps} steps in {trained.train_seconds:.1f}s "
         f"({trained.samples_per_second:.1f} samples/s, effective batch {trained.effective_batch_size}); best "
         f"checkpoint at step {trained.best_step}"
+        + (f" (recipe from the data: {'; '.join(trained.recipe)})" if trained.recipe else "")
         + (f"; resumed from step {trained.resumed_from_step}" if trained.resumed_from_step is not None else "")
         + ("; stopped early" if trained.early_stopped else "") + ".\n\n"
         + md_table(["epoch", "step", "train loss", "val loss", "val accuracy", "val macro-F1"], rows)
@@ -167,6 +188,8 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
         + "\n\n" + _health_markdown(trained)
         + "\n\nHealth warnings are also the MLflow run's `fineship.health.*` tags.",
         key=artifact_key("training"), description="Training curve and health")
+    if choices:
+        trained = trained.model_copy(update={"training": cfg, "recipe": [c.line() for c in choices]})
     report_stage("train", "%d steps, %.1f samples/s on %s%s", trained.steps, trained.samples_per_second, where,
                  f", resumed from step {trained.resumed_from_step}" if trained.resumed_from_step is not None else "",
                  outcome="warning" if trained.health else "ok")

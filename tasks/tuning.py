@@ -19,6 +19,7 @@ from components.aws import AwsSettings
 from components.config import PipelineConfig, TrainingConfig
 from components.data.split import Splits
 from components.registry.mlflow_registry import MlflowRegistry
+from components.training.recipe import RECIPE_FIELDS
 from components.tuning.preset import best_config, write_preset
 from components.tuning.result import TrialRecord, TuningResult
 from components.tuning.space import distributions, trial_training_config
@@ -142,6 +143,10 @@ def run_trial(search: Search, registry: MlflowRegistry, config: PipelineConfig, 
         for record in outcome.history:
             registry.log_metrics(run_id, {k: v for k, v in record.items() if k not in ("step", "epoch")},
                                  int(record["step"]))
+        if outcome.training:  # what the trial trained with, the recipe's choices included: the preset's source
+            study._storage.set_trial_user_attr(trial_id, TRAINING_ATTR, outcome.training)
+            registry.log_params(run_id, {f"training.{k}": outcome.training[k] for k in RECIPE_FIELDS
+                                         if k not in params and getattr(training, k) is None})
         if outcome.best_step is not None:
             study._storage.set_trial_user_attr(trial_id, "fineship.best_step", outcome.best_step)
         if outcome.error:

@@ -11,6 +11,7 @@ from typing import Any
 
 from components.config import RULE_ACTIONS, DataConfig, PipelineConfig
 from components.data.validation import DEFAULT_SEVERITY, ValidationPolicy
+from components.training.recipe import MAX_AUTO_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ def validation_policy(config: PipelineConfig) -> ValidationPolicy:
         text_column=d.text_column, label_column=d.label_column, labels=d.labels,
         min_examples_per_class=d.min_examples_per_class, min_chars=d.min_chars, max_chars=d.max_chars,
         max_duplicate_rate=d.max_duplicate_rate, warn_on_duplicates=d.warn_on_duplicates,
-        max_imbalance_ratio=d.max_imbalance_ratio, max_length=config.training.max_length,
+        # Unset: the recipe chooses at most MAX_AUTO_LENGTH, so texts longer than that are truncated in any case.
+        max_length=config.training.max_length or MAX_AUTO_LENGTH,
         max_truncated_share=d.max_truncated_share, rules=rule_actions(d))
 
 

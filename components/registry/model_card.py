@@ -5,7 +5,7 @@ Pure functions of the run's inputs and results; the registry tasks write what th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.config import PipelineConfig
 from components.data.io import DatasetRef
@@ -16,6 +16,10 @@ from components.evaluation.reference import REFERENCE_ARTIFACT
 from components.evaluation.render import baseline_markdown, behaviour_markdown, comparisons_markdown
 from components.markdown import md_table
 from components.provenance import config_hash, git_commit
+from components.training.recipe import with_recipe
+
+if TYPE_CHECKING:
+    from components.training.trainer import TrainedModel
 
 PROFILE_ARTIFACT = "data/profile.json"
 MANIFEST_ARTIFACT = "data/split_manifest.json"
@@ -70,8 +74,10 @@ def baseline_tags(candidate: EvaluationReport) -> dict[str, str]:
 
 
 def model_card(config: PipelineConfig, dataset: DatasetRef, report: EvaluationReport, decision: GateDecision,
-               champion: EvaluationReport | None) -> str:
-    """The markdown model card registered as the version's description."""
+               champion: EvaluationReport | None, trained: TrainedModel | None = None) -> str:
+    """The markdown model card registered as the version's description; `trained` adds what training chose (the
+    recipe's settings, where the configuration left them unset)."""
+    training = with_recipe(config.training, trained.training if trained else None)
     per_class = md_table(["class", "precision", "recall", "F1", "support"],
                           [[k, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", m.support]
                            for k, m in report.per_class.items()])
@@ -95,11 +101,20 @@ def model_card(config: PipelineConfig, dataset: DatasetRef, report: EvaluationRe
     gate = "\n".join(f"- {r}" for r in decision.reasons)
     return (f"# {config.registry.model_name}\n\nText classifier fine-tuned from `{config.training.model}` on "
             f"`{dataset.uri}` ({dataset.rows} rows, sha256 {dataset.fingerprint[:12]}).\n\n"
-            f"**Intended use:** classify short English texts into {', '.join(report.labels)}. Texts are truncated at "
-            f"{config.training.max_length} tokens.\n\n## Test metrics ({report.n} rows)\n\n{metrics}\n\n{per_class}"
+            f"**Intended use:** classify short English texts into {', '.join(report.labels)}. The model reads "
+            f"{training.max_length} tokens per input; a longer text is read by `{training.long_text}` "
+            f"(components/long_text.py).{_recipe_markdown(trained)}\n\n## Test metrics ({report.n} rows)\n\n{metrics}\n\n{per_class}"
             f"\n\nThe test split is stored with this version as its frozen reference set (`{REFERENCE_ARTIFACT}` of "
             "the run): while it is champion, every candidate is scored on it as well as on its own test split."
             f"\n\n## Confusion matrix (rows: true, columns: predicted)\n\n{confusion_markdown(report)}"
             f"{comparison}\n\n## Gate\n\n{gate}\n\n## Limits\n\nOnly the labels above can be predicted; texts unlike "
             "the training data get low-confidence scores. Check the data-validation report of the run before "
             "trusting a new dataset.")
+
+
+def _recipe_markdown(trained: TrainedModel | None) -> str:
+    """The settings training chose from the data (components/training/recipe.py), if any."""
+    if trained is None or not trained.recipe:
+        return ""
+    return "\n\n**Chosen from the training data** (settings the configuration left unset):\n\n" + "\n".join(
+        f"- {line}" for line in trained.recipe)

@@ -52,6 +52,37 @@ def position_ids_from_mask(attention_mask: Any) -> Any:
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a Hugging Face id or local path, with a pad token (decoder-only models: end-of-text)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"cannot load a tokenizer from {path!r} as a {_where(path)}: {err}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise TrainingError(f"the tokenizer of {path!r} has no pad and no end-of-text token; add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_config(name: str) -> Any:
+    """The model's Hugging Face configuration (sizes, positions), without its weights."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"cannot load a model configuration from {path!r} as a {_where(path)}: {err}") from None
+
+
+def _where(path: str) -> str:
+    return "local path" if Path(path).exists() else "Hugging Face id (is it cached? the hub may be offline)"
+
+
 def build_model(name: str, labels: list[str], attention_dropout: float | None = None) -> tuple[Any, Any]:
     """Load tokenizer and `AutoModelForSequenceClassification` with a fresh head for `labels`.
 
@@ -60,18 +91,10 @@ def build_model(name: str, labels: list[str], attention_dropout: float | None = 
     the default position ids of the real tokens are right, so a package serves correctly
     without position ids (the trainer passes them anyway, which makes either side exact).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        where = "local path" if Path(path).exists() else "Hugging Face id (is it cached? the hub may be offline)"
-        raise TrainingError(f"cannot load a tokenizer from {path!r} as a {where}: {err}") from None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise TrainingError(f"the tokenizer of {path!r} has no pad and no end-of-text token; add a pad token")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(name)
     try:
         config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=dict(enumerate(labels)),
                                             label2id={label: i for i, label in enumerate(labels)})

@@ -50,6 +50,7 @@ from components.training.checkpoint import (
 from components.training.distributed import DistContext, all_gather_objects, all_sum, barrier, current_context
 from components.training.health import HealthWarning, check_health
 from components.training.model_factory import build_model, is_decoder_only
+from components.training.recipe import choose_recipe, recipe_tag
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class TrainedModel(BaseModel):
     resumed_from_step: int | None = None
     early_stopped: bool = False
     checkpoint_dir: str | None = Field(None, description="Where the run's checkpoints are (training.checkpoint_dir).")
+    training: TrainingConfig | None = Field(None, description="The configuration as trained: the recipe's choices "
+                                            "(components/training/recipe.py) filled in.")
+    recipe: list[str] = Field(default_factory=list, description="What the recipe chose and why, one per setting.")
 
 
 class TrainingInterrupted(TrainingError):
@@ -335,6 +339,9 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     precision = resolve_precision(cfg.precision, device)
     bf16 = precision == "bf16"
     model, tokenizer = build_model(cfg.model, labels, cfg.attention_dropout)
+    cfg, choices = choose_recipe(cfg, train_texts, train_labels, tokenizer, model.config, ctx.world_size)
+    if choices and ctx.is_main:
+        log.info("recipe from the data: %s", recipe_tag(choices))
     model.to(device).train()
     if ctx.distributed:  # same head initialisation on every process (above), different dropout masks (here)
         torch.manual_seed(cfg.seed + ctx.rank)
@@ -576,4 +583,5 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
         steps_log=loop.steps_log, health=health, precision=precision, world_size=world,
         effective_batch_size=cfg.batch_size * per_step, resumed_from_step=resumed_from,
         early_stopped=loop.early_stopped, checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        training=cfg, recipe=[c.line() for c in choices],
     )

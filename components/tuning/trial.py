@@ -20,7 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +61,8 @@ class TrialOutcome(BaseModel):
     history: list[dict[str, float]] = Field(default_factory=list, description="One record per evaluation.")
     train_seconds: float | None = None
     error: str | None = None
+    training: dict[str, Any] | None = Field(None, description="The training configuration as trained (the "
+                                            "recipe's choices filled in), as JSON.")
 
 
 def objective_value(history: Sequence[dict[str, float]], best_step: int, objective: str) -> float | None:
@@ -114,7 +116,8 @@ def run_in_this_process(request: TrialRequest) -> TrialOutcome:
         return TrialOutcome(state="FAIL", history=history, steps=trained.steps,
                             error=f"training recorded no {objective} (is the validation split empty?)")
     return TrialOutcome(state="COMPLETE", value=value, best_step=trained.best_step, steps=trained.steps,
-                        history=history, train_seconds=trained.train_seconds)
+                        history=history, train_seconds=trained.train_seconds,
+                        training=trained.training.model_dump(mode="json") if trained.training else None)
 
 
 def _init_worker(parent: int, log_dir: str) -> None:

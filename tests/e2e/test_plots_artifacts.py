@@ -158,6 +158,17 @@ def test_the_stage_reports_embed_the_plots_with_or_without_a_server(published):
     assert f"`plots/champion_confusion_matrix.png` in MLflow run `{published.run_id}`" in champion
 
 
+def test_the_recipe_chosen_from_the_data_is_recorded_on_the_run(published):
+    # The configuration leaves warmup_ratio unset: the recipe chooses it from the training split.
+    run = published.registry.client.get_run(published.run_id)
+    tag = run.data.tags["fineship.recipe"]
+    assert tag == "warmup_ratio=0.25 (1 of about 6 optimizer steps)"  # max_steps 6: at most a quarter
+    assert run.data.params["training.warmup_ratio"] == "0.25"  # the value trained with, not 'None'
+    assert run.data.params["training.max_length"] == "48"  # given: kept
+    reports = {a.key: a.data for a in published.artifacts if a.type == "markdown"}
+    assert f"(recipe from the data: {tag})" in reports["training"]
+
+
 def test_the_logged_data_docs_load_nothing_from_the_network(published):
     docs = published.logged / "validation" / "data_docs"
     pages = sorted(docs.rglob("*.html"))

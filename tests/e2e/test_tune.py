@@ -136,6 +136,7 @@ def test_the_preset_reproduces_the_best_trial(searched):
     assert "tuning/best.yaml" in {a.path for a in artifacts}
     rerun = load_config(preset)  # what `fineship run --config <preset>` trains
     assert rerun.training.learning_rate == result.best.params["learning_rate"]
+    assert cfg.training.warmup_ratio is None and rerun.training.warmup_ratio is not None  # the recipe's, spelled out
     assert rerun.model_dump(exclude={"training", "data", "tuning"}) == cfg.model_dump(exclude={"training", "data",
                                                                                               "tuning"})
     s, d = cfg.split, rerun.data

@@ -202,6 +202,10 @@ def test_the_launcher_runs_a_job_and_brings_back_the_package(moto_endpoint, tmp_
     assert desc["HyperParameters"]["training.max_steps"] == "12"
     assert trained.package_dir == str(tmp_path / "package") and check_package(trained.package_dir) == []
     assert trained.steps == 12 and trained.history and "ml.m5.xlarge" in trained.device
+    # Settings left unset are not sent: the container chooses them from the data, and says what it chose.
+    assert "training.batch_size" not in desc["HyperParameters"] and cfg.batch_size is None
+    assert trained.training.batch_size == 16 and trained.training.batch_tokens == 16 * 48
+    assert [line.split("=")[0] for line in trained.recipe] == ["batch_tokens", "batch_size", "warmup_ratio"]
     clf = load_package(trained.package_dir, device="cpu")
     assert {p.label for p in clf.predict(["The striker scored twice."])} <= set(LABELS)
 

@@ -81,6 +81,23 @@ def test_a_token_budget_makes_batches_of_short_texts_larger_and_covers_every_exa
     assert budget.history[-1]["epoch"] == 1.0
 
 
+def test_unset_settings_are_chosen_from_the_data_and_written_into_the_package(tiny_bert, data, tmp_path):
+    from components.package import load_package
+
+    cfg = TrainingConfig(model=str(tiny_bert), num_threads=1, precision="fp32", max_steps=4)
+    trained = _train(data, cfg, tmp_path / "pkg")
+    used = trained.training
+    assert used is not None and None not in (used.max_length, used.batch_size, used.batch_tokens, used.epochs,
+                                             used.learning_rate, used.warmup_ratio)
+    assert used.learning_rate == 1e-4 and used.batch_tokens == 16 * used.max_length  # tiny BERT: 32 wide
+    assert [line.split("=")[0] for line in trained.recipe] == ["max_length", "batch_tokens", "batch_size",
+                                                               "learning_rate", "epochs", "warmup_ratio"]
+    # Every consumer of the package reads the chosen length from it.
+    assert load_package(trained.package_dir, device="cpu").meta.max_length == used.max_length
+    given = _train(data, _cfg(tiny_bert, max_steps=4, warmup_ratio=0.1), tmp_path / "given")
+    assert given.recipe == [] and given.training == _cfg(tiny_bert, max_steps=4, warmup_ratio=0.1)
+
+
 def test_attention_dropout_is_set_on_the_model_and_the_optimizer_is_fused(tiny_bert, data, tmp_path, monkeypatch):
     import torch
 
