@@ -305,7 +305,7 @@ def main() -> None:
     import transformers  # noqa: F401
     from prefect.settings import PREFECT_API_URL
 
-    from benchmarks._report import Results, machine
+    from benchmarks._report import Results, bar_chart, machine
     from components.config import load_config
     from flows.training import training_flow  # noqa: F401
     t_imports = time.perf_counter() - t0
@@ -458,6 +458,10 @@ Target: at most 10% per run. Median seconds per stage (Prefect: the task run's t
 {one_off}
 
 {warm_line}
+
+{bar_chart("overhead", "The demo pipeline as a Prefect flow and as plain calls (median seconds per run)",
+           {"whole run": {"Prefect flow": p_med, "direct": d_med},
+            "outside the training loop": {"Prefect flow": p_rest, "direct": d_rest}}, "seconds")}
 """)
 
 

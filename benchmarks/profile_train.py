@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._report import Results, machine  # noqa: E402
+from benchmarks._report import Results, bar_chart, machine  # noqa: E402
 from benchmarks.train_throughput import BATCH_SIZE, FINESHIP_LR, MAX_LENGTH, SEED, SUBSETS, load_dataset, subset  # noqa: E402
 
 TOP = 12
@@ -108,7 +108,12 @@ def main() -> None:
                 f"samples/s. What is left is the matrix multiplications ({gemm:.0f}% of the self CPU time in "
                 "`mm`/`addmm`/`bmm`), which fp32 on this CPU cannot make cheaper; the remaining dropout masks are the "
                 "hidden-state dropout the model was pre-trained with (kept: it regularises fine-tuning). No host "
-                "synchronisation shows (`aten::item`/`_local_scalar_dense` are not among the top ops).")
+                "synchronisation shows (`aten::item`/`_local_scalar_dense` are not among the top ops).\n\n"
+                + bar_chart("profile_train", "Training step before and after this round's changes",
+                            {"samples/s": {v: r["samples_per_second"] for v, r, _ in parts}}, "training samples/s",
+                            second=("ms per step", {part: {v: r[key] for v, r, _ in parts}
+                                                    for part, key in (("optimizer", "optimizer_ms"),
+                                                                      ("dropout masks", "dropout_ms"))})))
         results.write(body)
 
 

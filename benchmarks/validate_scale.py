@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import Results, machine  # noqa: E402
+from benchmarks._report import Results, bar_chart, machine  # noqa: E402
 from components.data.profile import build_profile  # noqa: E402
 from components.data.split import split_frame  # noqa: E402
 from components.data.validation import ValidationPolicy, validate_frame  # noqa: E402
@@ -78,6 +78,11 @@ def main() -> None:
 
 Target: 1,000,000 rows in at most 60 s and 4 GiB. Split leakage {splits.manifest.leakage}; \
 {splits.manifest.duplicate_groups} duplicate groups kept inside one split.
+
+{bar_chart("validate_scale", f"Validation and split of {len(df):,} rows: seconds per stage and peak memory",
+           {"seconds": {"validate": t_validate, "profile": t_profile, "split": t_split, "total": seconds,
+                        "target": 60.0}},
+           "seconds", second=("MiB", {"peak RSS": {"measured": peak_mib, "target": 4096.0}}))}
 """)
 
 
