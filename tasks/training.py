@@ -154,6 +154,8 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
         report = buffer.close(wait)
     finally:
         buffer.close(min(wait, 10.0))  # after an error: deliver what can be delivered quickly (no-op once closed)
+    if choices:  # chosen here, before training: the trainer had nothing left to choose
+        trained = trained.model_copy(update={"training": cfg, "recipe": [c.line() for c in choices]})
     report.raise_if_pending(
         f"Training itself finished: the model package is at {trained.package_dir}"
         + (f" and the final checkpoint in {trained.checkpoint_dir}; once MLflow is back, run the same flow again: it "
@@ -188,8 +190,6 @@ def fine_tune(splits: Splits, text_col: str, label_col: str, labels: list[str], 
         + "\n\n" + _health_markdown(trained)
         + "\n\nHealth warnings are also the MLflow run's `fineship.health.*` tags.",
         key=artifact_key("training"), description="Training curve and health")
-    if choices:
-        trained = trained.model_copy(update={"training": cfg, "recipe": [c.line() for c in choices]})
     report_stage("train", "%d steps, %.1f samples/s on %s%s", trained.steps, trained.samples_per_second, where,
                  f", resumed from step {trained.resumed_from_step}" if trained.resumed_from_step is not None else "",
                  outcome="warning" if trained.health else "ok")

@@ -23,6 +23,7 @@ def validation_policy(config: PipelineConfig) -> ValidationPolicy:
         text_column=d.text_column, label_column=d.label_column, labels=d.labels,
         min_examples_per_class=d.min_examples_per_class, min_chars=d.min_chars, max_chars=d.max_chars,
         max_duplicate_rate=d.max_duplicate_rate, warn_on_duplicates=d.warn_on_duplicates,
+        max_imbalance_ratio=d.max_imbalance_ratio,
         # Unset: the recipe chooses at most MAX_AUTO_LENGTH, so texts longer than that are truncated in any case.
         max_length=config.training.max_length or MAX_AUTO_LENGTH,
         max_truncated_share=d.max_truncated_share, rules=rule_actions(d))

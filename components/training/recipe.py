@@ -123,9 +123,12 @@ def choose_recipe(cfg: TrainingConfig, texts: Sequence[str], labels: Sequence[st
         return cfg, []
     if not texts:
         raise TrainingError("the training split is empty; check the data and the split shares")
+    from components.package import PackageMeta, preprocess
+
     rng = random.Random(cfg.seed)
     sample = list(texts) if len(texts) <= LENGTH_SAMPLE else rng.sample(list(texts), LENGTH_SAMPLE)
-    lengths = sorted(len(ids) for ids in tokenizer(sample, add_special_tokens=True, truncation=False,
+    cleaned = preprocess(sample, PackageMeta(labels=["_"]))  # the texts as training will read them
+    lengths = sorted(len(ids) for ids in tokenizer(cleaned, add_special_tokens=True, truncation=False,
                                                    verbose=False)["input_ids"])
     choices: list[Choice] = []
     update: dict[str, Any] = {}

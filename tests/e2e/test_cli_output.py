@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NOISE = ("Finished in state", "LOAD REPORT", "UserWarning", "Add type hints", "Loading weights", "View run",
          "prefect.task_runs", "httpx")
-STAGES = ["load", "validate", "split", "labels", "train", "evaluate candidate", "baseline", "gate", "package",
+STAGES = ["load", "validate", "split", "labels", "recipe", "train", "evaluate candidate", "baseline", "gate", "package",
           "register", "promote", "signature", "deploy"]
 
 
@@ -129,7 +129,7 @@ def test_json_reports_a_run_for_scripts(cli, fineship_home, tiny_bert):
     doc = json.loads(r.stdout)  # stdout holds the document and nothing else
     assert doc["ok"] is True and doc["registered"]["name"] == "cli-news" and doc["registered"]["version"] == "1"
     assert 0.0 <= doc["test"]["accuracy"] <= 1.0 and doc["gate"]["passed"] is True
-    assert [s["stage"] for s in doc["stages"]][:5] == ["load", "validate", "split", "labels", "train"]
+    assert [s["stage"] for s in doc["stages"]][:6] == ["load", "validate", "split", "labels", "recipe", "train"]
     assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in doc["stages"])
     assert Path(doc["log"]).is_file() and doc["endpoint"] is None
     assert re.search(r"[✓!] train ", r.stderr)  # the person still sees the stages

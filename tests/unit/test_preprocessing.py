@@ -70,7 +70,8 @@ def test_training_tokenises_what_preprocess_returns(seen: list[str], tiny_bert: 
 
     train_texts, val_texts = TEXTS * 2, [" Ministers met on Tuesday. "]
     trained = train(train_texts, ["sport", "business"] * 2, val_texts, ["politics"], LABELS,
-                    TrainingConfig(model=str(tiny_bert), max_length=16, batch_size=2, max_steps=1),
+                    TrainingConfig(model=str(tiny_bert), max_length=16, batch_size=2, max_steps=1, epochs=1,
+                                   learning_rate=1e-3, warmup_ratio=0.0),  # nothing left to the recipe
                     tmp_path / "package", progress=False)
     assert seen == train_texts + val_texts
     assert read_meta(trained.package_dir).text_preprocessing == "strip"  # and the package says so
