@@ -67,6 +67,12 @@ def count_batches(n: int, batch_size: int, world_size: int = 1, group_factor: in
     return count + (-count % world_size)
 
 
+def optimizer_steps(epoch_counts: Sequence[float], per_step: int) -> int:
+    """Optimizer steps of a run whose epochs hold `epoch_counts` global batches, `per_step` batches to a step
+    (processes x accumulation); an epoch's last step may take fewer."""
+    return sum(math.ceil(n / per_step) for n in epoch_counts)
+
+
 def batches_per_epoch(lengths: Sequence[int], batch_size: int, seed_state: random.Random, epochs: int,
                       world_size: int = 1, batch_tokens: int | None = None) -> list[int]:
     """Global batches in each of `epochs` epochs drawn from a copy of `seed_state` (the order RNG at epoch 0).

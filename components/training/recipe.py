@@ -97,7 +97,7 @@ def _optimizer_steps(cfg: TrainingConfig, sample: Sequence[str], n_texts: int, l
     """Optimizer steps training will take, counted as the trainer counts them: the inputs as encoded (chunk windows
     included), batches drawn per epoch, divided by processes and accumulation; scaled up from a sample."""
     from components.package import PackageMeta, encode_texts
-    from components.training.batching import batches_per_epoch
+    from components.training.batching import batches_per_epoch, optimizer_steps
 
     meta = PackageMeta(labels=sorted(set(labels)) or ["_"], max_length=max_length, long_text=cfg.long_text,
                        long_text_stride=cfg.long_text_stride, max_windows=cfg.max_windows)
@@ -105,8 +105,7 @@ def _optimizer_steps(cfg: TrainingConfig, sample: Sequence[str], n_texts: int, l
     counts = batches_per_epoch([len(ids) for ids in inputs], batch_size, random.Random(cfg.seed), epochs,
                                world_size, batch_tokens)
     scale = n_texts / max(1, len(sample))  # the sample stands for the whole split
-    per_step = world_size * cfg.gradient_accumulation_steps
-    steps = max(1, math.ceil(sum(math.ceil(n * scale / per_step) for n in counts)))
+    steps = max(1, optimizer_steps([n * scale for n in counts], world_size * cfg.gradient_accumulation_steps))
     return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
 

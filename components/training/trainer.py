@@ -39,6 +39,7 @@ from components.training.batching import (  # noqa: F401
     count_batches,
     epoch_batches,
     length_grouped_batches,
+    optimizer_steps,
 )
 from components.training.checkpoint import (
     clean_temporary,
@@ -371,7 +372,7 @@ def _train(train_texts: Sequence[str], train_labels: Sequence[str], val_texts: S
     per_step = world * cfg.gradient_accumulation_steps  # global batches per optimizer step
     epoch_counts = batches_per_epoch(lengths, cfg.batch_size, random.Random(cfg.seed), cfg.epochs, world,
                                      cfg.batch_tokens)  # global batches of each epoch, as drawn below
-    total_steps = sum(math.ceil(n / per_step) for n in epoch_counts)
+    total_steps = optimizer_steps(epoch_counts, per_step)
     steps_per_epoch = total_steps / cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
