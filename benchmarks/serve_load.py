@@ -118,7 +118,8 @@ def gate_rows(n: int, args: argparse.Namespace) -> list[int]:
     return random.Random(1).sample(range(n), min(n, args.gate_texts))
 
 
-def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> list[str]:
+def prepare_backend(pkg: Path, dataset: str, texts: list[str], labels: list[str],
+                    args: argparse.Namespace) -> list[str]:
     """Build, gate and time the package's variants as a deployment does; record the chosen backend and return one
     line per variant (gate numbers and rows/s)."""
     from components.export.choice import choose_backend, write_report
@@ -126,7 +127,6 @@ def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> list[s
 
     if args.backend == "eager":
         return []
-    texts, labels = load_rows(dataset)
     picked = gate_rows(len(texts), args)
     wanted = args.variants if args.backend == "auto" else [args.backend]
     report = build_variants(pkg, [texts[i] for i in picked], [labels[i] for i in picked], variants=wanted)
@@ -140,7 +140,7 @@ def prepare_backend(pkg: Path, dataset: str, args: argparse.Namespace) -> list[s
     return [f"eager accuracy on the gate's {report.n_texts} texts {report.eager_accuracy:.4f}; served: {chosen}"] + lines
 
 
-def build_package(dataset: str, out: Path, args: argparse.Namespace) -> Path:
+def build_package(dataset: str, texts: list[str], labels: list[str], out: Path, args: argparse.Namespace) -> Path:
     """all-MiniLM-L6-v2 fine-tuned for one epoch on `--train-rows` texts of the dataset outside the gate's rows,
     as a fineship package truncating at 128 tokens like the tutorial."""
     from components.config import TrainingConfig
@@ -148,7 +148,6 @@ def build_package(dataset: str, out: Path, args: argparse.Namespace) -> Path:
 
     if (out / "fineship.json").is_file():
         return out
-    texts, labels = load_rows(dataset)
     held_out = set(gate_rows(len(texts), args))
     rows = random.Random(2).sample([i for i in range(len(texts)) if i not in held_out], args.train_rows)
     cfg = TrainingConfig(model="default", max_length=MAX_LENGTH, epochs=1, seed=42, num_threads=args.threads)
@@ -255,9 +254,9 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- main -----------------------------------------------------------------------------------------
 def bench_dataset(dataset: str, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[dict]:
-    texts, _ = load_texts(dataset)
-    pkg = build_package(dataset, workdir / f"minilm-{dataset}", args)
-    VARIANTS[dataset] = prepare_backend(pkg, dataset, args)
+    texts, labels = load_rows(dataset)  # read once: fine-tuning, the variant gate and the requests
+    pkg = build_package(dataset, texts, labels, workdir / f"minilm-{dataset}", args)
+    VARIANTS[dataset] = prepare_backend(pkg, dataset, texts, labels, args)
     rng = random.Random(0)
     sample = rng.sample(texts, min(len(texts), args.requests * len(args.clients) * args.rounds + args.warmup))
     bodies = [json.dumps({"inputs": t}).encode() for t in sample]
